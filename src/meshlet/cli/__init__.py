@@ -1,0 +1,1 @@
+"""The ``meshlet`` command: argument parsing only; each job lives in a library."""
