@@ -50,8 +50,10 @@ class Document:
     def problem(self, path: Sequence[str | int], message: str) -> str:
         """One error line: ``file:line: a.b[2].c: message``."""
         dotted = format_path(path)
-        return f"{self.where(path)}: {dotted}: {message}" if dotted else (
-            f"{self.where(path)}: {message}"
+        return (
+            f"{self.where(path)}: {dotted}: {message}"
+            if dotted
+            else (f"{self.where(path)}: {message}")
         )
 
 
@@ -114,8 +116,6 @@ def parse_yaml(text: str, file: str) -> list[Document]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: invalid YAML: {exc}") from exc
     for index, node in enumerate(nodes):
-        if node is None:
-            continue
         converter = _Converter(file)
         data = converter.convert(node, ())
         if data is None:

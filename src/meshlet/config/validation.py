@@ -37,7 +37,9 @@ def problems_from(
 
 
 def validate_document(
-    model: type[ModelT], document: Document, data: object | None = None,
+    model: type[ModelT],
+    document: Document,
+    data: object | None = None,
     prefix: Sequence[str | int] = (),
 ) -> ModelT:
     """Validate ``data`` (default: the whole document) against ``model``."""

@@ -1,0 +1,1 @@
+"""meshlet.bench (see ARCHITECTURE.md for this package's one job)."""

@@ -1,0 +1,1 @@
+"""meshlet.control (see ARCHITECTURE.md for this package's one job)."""

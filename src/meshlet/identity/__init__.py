@@ -1,0 +1,1 @@
+"""meshlet.identity (see ARCHITECTURE.md for this package's one job)."""

@@ -1,0 +1,1 @@
+"""meshlet.mesh (see ARCHITECTURE.md for this package's one job)."""

@@ -1,0 +1,1 @@
+"""meshlet.policy (see ARCHITECTURE.md for this package's one job)."""

@@ -1,0 +1,1 @@
+"""meshlet.proxy (see ARCHITECTURE.md for this package's one job)."""

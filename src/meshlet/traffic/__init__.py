@@ -1,0 +1,1 @@
+"""meshlet.traffic (see ARCHITECTURE.md for this package's one job)."""
