@@ -14,6 +14,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from meshlet.config.durations import parse_duration
 from meshlet.config.istio_networking import (
     NO_RETRY,
     BackendKind,
@@ -31,7 +32,6 @@ from meshlet.config.istio_networking import (
     Route,
     RouteMatch,
     StringMatch,
-    parse_duration,
     route_annotations,
 )
 from meshlet.config.source import Document
@@ -66,9 +66,9 @@ class _PathMatch(_Schema):
     def convert(self) -> StringMatch:
         if self.type == "RegularExpression":
             return StringMatch(kind=MatchKind.REGEX, value=self.value)
-        kind = MatchKind.EXACT if self.type == "Exact" else MatchKind.PREFIX
+        kind = MatchKind.EXACT if self.type == "Exact" else MatchKind.PATH_PREFIX
         value = self.value
-        if kind is MatchKind.PREFIX and len(value) > 1:
+        if kind is MatchKind.PATH_PREFIX and len(value) > 1:
             value = value.rstrip("/")  # Gateway API prefixes match whole path elements
         return StringMatch(kind=kind, value=value)
 
@@ -229,7 +229,7 @@ def _seconds(text: str | None) -> float | None:
 def _rule_to_route(
     rule: _Rule,
     i: int,
-    owner: str,
+    owner: tuple[str, str],
     doc: Document,
     problems: list[str],
     extras: tuple[int | None, float | None],
@@ -261,7 +261,7 @@ def _rule_to_route(
             if (
                 p is not None
                 and p.type == "ReplacePrefixMatch"
-                and any(m.uri is None or m.uri.kind is not MatchKind.PREFIX for m in matches)
+                and any(m.uri is None or m.uri.kind is not MatchKind.PATH_PREFIX for m in matches)
             ):
                 problems.append(doc.problem(fpath, "ReplacePrefixMatch needs PathPrefix matches"))
             rewrite = Rewrite(
@@ -274,9 +274,9 @@ def _rule_to_route(
     t = rule.timeouts or _Timeouts()
     backend_s = _seconds(t.backend_request)
     return Route(
-        name=rule.name or f"{owner}.rules[{i}]",
+        name=rule.name or f"{owner[1]}.rules[{i}]",
         source=doc.where(path),
-        order=(owner, i),
+        order=(*owner, i),
         precedence=Precedence.SPECIFICITY,
         matches=matches,
         destinations=tuple(b.destination() for b in rule.backend_refs),
@@ -302,7 +302,7 @@ def load_http_route(document: Document) -> list[HostRoutes]:
     except ValidationError as exc:
         raise ConfigError(problems_from(exc, document)) from exc
     extras = route_annotations(hr.metadata, document)
-    owner = f"{hr.metadata.namespace}/{hr.metadata.name}"
+    owner = (hr.metadata.creation_timestamp or "", f"{hr.metadata.namespace}/{hr.metadata.name}")
     problems: list[str] = []
     hosts: list[str] = []
     for i, ref in enumerate(hr.spec.parent_refs):

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from meshlet.config.durations import parse_duration
 from meshlet.config.source import Document
 from meshlet.config.validation import problems_from
 from meshlet.errors import ConfigError
@@ -27,7 +28,8 @@ from meshlet.errors import ConfigError
 
 class MatchKind(enum.Enum):
     EXACT = "exact"
-    PREFIX = "prefix"
+    PREFIX = "prefix"  # Istio: a plain string prefix ("/v2" matches "/v2x")
+    PATH_PREFIX = "path_prefix"  # Gateway API PathPrefix: whole path elements only
     REGEX = "regex"
     PRESENT = "present"  # header/query present with any value (Istio: `{}` or regex ".*")
 
@@ -142,7 +144,8 @@ class Precedence(enum.Enum):
 class Route:
     name: str
     source: str  # file:line, for `route explain` and errors
-    order: tuple[str, int]  # (owner "ns/name", rule index): the tie-breaker
+    # The tie-breaker: (creationTimestamp or "", owner "ns/name", rule index).
+    order: tuple[str, str, int]
     precedence: Precedence
     matches: tuple[RouteMatch, ...]  # empty = match everything
     destinations: tuple[Destination, ...]
@@ -237,24 +240,6 @@ class DestinationPolicy:
 
 
 # ------------------------------------------------------------------ durations
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(text: object) -> float:
-    """Go/protobuf (``"1.5s"``) and Gateway API (``"1h30m"``) durations, in seconds."""
-    if not isinstance(text, str) or not text:
-        raise ValueError("not a duration (write it like '1.5s', '100ms' or '1h30m')")
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if pos != len(text):
-        raise ValueError("not a duration (write it like '1.5s', '100ms' or '1h30m')")
-    return total
 
 
 def _checked_duration(text: str) -> str:
@@ -493,11 +478,7 @@ def route_annotations(meta: Metadata, document: Document) -> tuple[int | None, f
         try:
             idle = parse_duration(meta.annotations[META_STREAM_IDLE])
         except ValueError as exc:
-            raise ConfigError(
-                document.problem(
-                    (*path, META_STREAM_IDLE), f"{exc}, got {meta.annotations[META_STREAM_IDLE]!r}"
-                )
-            ) from exc
+            raise ConfigError(document.problem((*path, META_STREAM_IDLE), str(exc))) from exc
     return body, idle
 
 
@@ -539,7 +520,7 @@ def load_virtual_service(document: Document) -> list[HostRoutes]:
             Route(
                 name=r.name or f"{owner}.http[{i}]",
                 source=document.where(path),
-                order=(owner, i),
+                order=(vs.metadata.creation_timestamp or "", owner, i),
                 precedence=Precedence.ORDERED,
                 matches=tuple(m.convert() for m in r.match),
                 destinations=tuple(
