@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from meshlet.errors import IdentityError
 from meshlet.identity import svid
 from meshlet.identity.pemfiles import KEY_MODE, PUBLIC_MODE, check_key_mode, write_atomic
+from meshlet.identity.renewal import Credential
 from meshlet.identity.spiffeid import SpiffeId, validate_trust_domain
 from meshlet.identity.tokens import (
     DEFAULT_TOKEN_TTL_S,
@@ -63,6 +64,18 @@ class IssuedSvid:
     bundle_pem: bytes
     not_before: float
     not_after: float
+
+    def to_credential(self) -> Credential:
+        """The ``renewal.Credential`` a ``CredentialStore`` holds (needs the key)."""
+        if not self.key_pem:
+            raise IdentityError("this SVID was signed from a CSR; its key is with the workload")
+        return Credential(
+            spiffe_id=self.spiffe_id,
+            cert_chain_pem=self.cert_chain_pem,
+            key_pem=self.key_pem,
+            not_before=self.not_before,
+            not_after=self.not_after,
+        )
 
     def write(self, outdir: Path) -> None:
         """Write ``cert.pem``, ``key.pem`` (0600) and ``bundle.pem`` into ``outdir``."""
