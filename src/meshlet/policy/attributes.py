@@ -49,7 +49,7 @@ class RequestAttributes:
     method: str = ""
     path: str = ""
     host: str = ""
-    headers: Mapping[str, tuple[str, ...]] = field(default=_EMPTY)
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY)
     source_principal: str | None = None
     source_ip: str | None = None
     remote_ip: str | None = None
@@ -59,7 +59,7 @@ class RequestAttributes:
     request_principal: str | None = None
     audiences: tuple[str, ...] = ()
     presenter: str | None = None
-    claims: Mapping[str, Any] = field(default=_EMPTY)
+    claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     @property
     def source_namespace(self) -> str | None:
