@@ -32,6 +32,19 @@ class Child:
     process: asyncio.subprocess.Process
     exec_at: float  # loop time just before exec
     log: Path
+    drain: asyncio.Task[None] | None = None
+
+    def drain_stdout(self) -> None:
+        """After readiness, keep reading stdout so a chatty child never blocks on a full pipe."""
+        stream = self.process.stdout
+        if stream is None or self.drain is not None:
+            return
+
+        async def discard() -> None:
+            while await stream.read(65536):
+                pass
+
+        self.drain = asyncio.get_running_loop().create_task(discard())
 
     @property
     def pid(self) -> int:
@@ -75,12 +88,15 @@ async def read_ready_port(child: Child, *, timeout_s: float) -> int:
     parts = line.decode(errors="replace").split()
     if len(parts) != 2 or parts[0] != "READY":
         raise BenchError(f"{child.name}: exited before it was ready (see {child.log})")
+    child.drain_stdout()
     return int(parts[1])
 
 
 async def stop(child: Child, *, grace_s: float = 5.0) -> None:
     if child.process.returncode is not None:
         return
+    if child.drain is not None:
+        child.drain.cancel()
     with contextlib.suppress(ProcessLookupError):
         child.process.terminate()
     try:
