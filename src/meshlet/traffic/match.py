@@ -29,6 +29,7 @@ class RequestAttributes:
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     source_ip: str = ""
+    raw_query: str = ""  # as received, so a rewrite forwards it byte for byte
 
     @classmethod
     def build(
@@ -57,6 +58,7 @@ class RequestAttributes:
             query=dict(parse_qsl(query, keep_blank_values=True)) if query else {},
             headers=hdrs,
             source_ip=source_ip,
+            raw_query=query,
         )
 
     @property
