@@ -64,12 +64,29 @@ class ConnectionClosed:
 
 
 @dataclass(slots=True)
+class Passthrough:
+    """Bytes after a protocol switch (101 to an Upgrade, 2xx to CONNECT), untouched.
+
+    Once a codec has switched, HTTP framing no longer applies: every byte fed in
+    comes out in one of these and ``send(Passthrough(...))`` writes bytes as is.
+    """
+
+    data: bytes
+
+
+@dataclass(slots=True)
 class NeedData:
     """Not an event on the wire: the codec needs more bytes to go on."""
 
 
 Event = (
-    Request | Response | InformationalResponse | Data | EndOfMessage | ConnectionClosed
+    Request
+    | Response
+    | InformationalResponse
+    | Data
+    | EndOfMessage
+    | ConnectionClosed
+    | Passthrough
 )
 
 
