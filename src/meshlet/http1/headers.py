@@ -128,11 +128,7 @@ def split_host_port(authority: bytes) -> tuple[bytes, int | None]:
         if end < 0:
             raise RemoteProtocolError(f"unclosed IPv6 literal in {authority!r}")
         host, rest = authority[1:end], authority[end + 1 :]
-        if (
-            not host
-            or host.translate(None, b"0123456789abcdefABCDEF:.")
-            and not host.startswith(b"v")
-        ):
+        if not host or host.translate(None, b"0123456789abcdefABCDEF:."):
             raise RemoteProtocolError(f"invalid IPv6 literal in {authority!r}")
         if rest and not rest.startswith(b":"):
             raise RemoteProtocolError(f"junk after IPv6 literal in {authority!r}")
