@@ -1,0 +1,437 @@
+"""Opaque TCP mode (``protocol: tcp``): mTLS and identity, bytes spliced both ways.
+
+For gRPC (HTTP/2), databases and anything that is not HTTP/1.1 the sidecar does
+not parse the stream: it terminates or originates mTLS, checks the peer's SPIFFE
+ID (against the endpoint's expected identity outbound; through
+``InboundGate.check_connection`` inbound) and copies bytes with backpressure: a
+direction reads only after its last write drained, so a slow reader holds at
+most one 64 KiB chunk per direction in the proxy.
+
+Listeners own their accept loop (``loop.sock_accept``) instead of
+``create_server`` so that a connection's TLS context is read at handshake time
+(a certificate reload affects only new handshakes) and so PERMISSIVE mode can
+peek at the first byte (0x16 = TLS handshake record, RFC 8446 §5.1) before
+choosing TLS or plaintext.
+
+Half-close: an EOF is passed on where the other leg can carry it (plaintext
+``write_eof``); a TLS leg cannot half-close in asyncio, so the other direction
+keeps flowing until it ends or ``idle_s`` passes without a byte either way.
+Byte counts reach ``istio_tcp_*`` when the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshlet.config.bootstrap import Address, MtlsMode, ServiceConfig, Timeouts
+from meshlet.proxy.hooks import InboundGate, RequestInfo
+from meshlet.proxy.tls import LoadedIdentity, handshake_failure_reason, peer_spiffe_id
+from meshlet.telemetry.metrics import GoldenMetrics
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 1024  # one read; also the most a direction buffers in the proxy
+# TLS handshakes between sidecars take ~1 ms on loopback; 10 s (Envoy's
+# transport_socket_connect_timeout default) only bounds stuck peers.
+HANDSHAKE_TIMEOUT_S = 10.0
+_TLS_HANDSHAKE_BYTE = 0x16
+
+IdentitySource = Callable[[], LoadedIdentity]
+
+
+class _Splice:
+    """Copies bytes between two stream pairs until both directions end."""
+
+    __slots__ = ("_idle_s", "received", "sent")
+
+    def __init__(self, idle_s: float) -> None:
+        self._idle_s = idle_s
+        self.received = 0  # downstream -> upstream (Istio: request direction)
+        self.sent = 0  # upstream -> downstream (response direction)
+
+    async def run(
+        self,
+        down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> None:
+        forward = asyncio.create_task(self._pump(down[0], up[1], upstream=True))
+        backward = asyncio.create_task(self._pump(up[0], down[1], upstream=False))
+        try:
+            done, pending = await asyncio.wait(
+                (forward, backward), return_when=asyncio.FIRST_EXCEPTION
+            )
+            for task in done:
+                if task.exception() is not None:
+                    return
+            if pending:
+                await asyncio.wait(pending)
+        finally:
+            for task in (forward, backward):
+                task.cancel()
+            await asyncio.gather(forward, backward, return_exceptions=True)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
+        while True:
+            data = await asyncio.wait_for(reader.read(CHUNK_BYTES), timeout=self._idle_s)
+            if not data:
+                break
+            if upstream:
+                self.received += len(data)
+            else:
+                self.sent += len(data)
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write_eof()
+
+
+class _TcpListener:
+    """Accept loop, connection tracking and drain shared by both directions."""
+
+    def __init__(self, sock: socket.socket, *, metrics: GoldenMetrics, timeouts: Timeouts) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self._address = (str(host), int(port))
+        # Accepted sockets a transport has taken over: the transport closes them.
+        self._adopted: set[socket.socket] = set()
+        self._metrics = metrics
+        self._timeouts = timeouts
+        self._accepting: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._address
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self) -> None:
+        self._accepting = asyncio.create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(self._sock)
+            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                logger.warning("tcp_accept_failed", extra={"error": str(exc)})
+                await asyncio.sleep(0.1)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(self._guarded(conn, peer))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _guarded(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            await self._handle(conn, peer)
+        except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            logger.debug("tcp_connection_ended", extra={"error": repr(exc)})
+        finally:
+            if conn in self._adopted:
+                self._adopted.discard(conn)
+            else:
+                conn.close()
+
+    async def _wrap(
+        self, conn: socket.socket, *, ssl_ctx: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Hand an accepted socket to a transport (doing the TLS handshake)."""
+        streams = await _streams(conn, ssl_ctx=ssl_ctx, server_side=True)
+        self._adopted.add(conn)
+        return streams
+
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def stop_accepting(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+
+    async def drain(self, deadline_s: float) -> None:
+        """Stop accepting; give live connections ``deadline_s`` to end, then cut them."""
+        self.stop_accepting()
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=deadline_s)
+        await self.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        self._sock.close()
+
+
+async def _streams(
+    conn: socket.socket, *, ssl_ctx: ssl.SSLContext | None, server_side: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Wrap an already-connected socket in streams, doing the TLS handshake."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHUNK_BYTES, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    if server_side:
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol,
+            conn,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ssl_ctx else None,
+        )
+    else:
+        transport, _ = await loop.create_connection(
+            lambda: protocol,
+            sock=conn,
+            ssl=ssl_ctx,
+            server_hostname="" if ssl_ctx else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ssl_ctx else None,
+        )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def _wait_first_byte(conn: socket.socket, timeout_s: float) -> int | None:
+    """Peek at the first byte without consuming it; None if the peer closed."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
+    try:
+        await asyncio.wait_for(readable, timeout=timeout_s)
+    finally:
+        loop.remove_reader(conn.fileno())
+    first = conn.recv(1, socket.MSG_PEEK)
+    return first[0] if first else None
+
+
+class TcpInboundListener(_TcpListener):
+    """Terminates mTLS from peers and splices to the local app."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        app: Address,
+        mtls: MtlsMode,
+        identity: IdentitySource,
+        metrics: GoldenMetrics,
+        timeouts: Timeouts,
+        gate: InboundGate | None = None,
+        service: str = "inbound",
+    ) -> None:
+        super().__init__(sock, metrics=metrics, timeouts=timeouts)
+        self._app = app
+        self._mtls = mtls
+        self._identity = identity
+        self._gate = gate
+        self._service = service
+
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        use_tls = self._mtls is MtlsMode.STRICT
+        if self._mtls is MtlsMode.PERMISSIVE:
+            first = await _wait_first_byte(conn, self._timeouts.header_read_s)
+            if first is None:
+                return
+            use_tls = first == _TLS_HANDSHAKE_BYTE
+        identity = self._identity()
+        try:
+            down = await self._wrap(conn, ssl_ctx=identity.server if use_tls else None)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            if use_tls:
+                self._metrics.tls_handshake_failure(handshake_failure_reason(exc))
+            return
+        try:
+            await self._serve(down, peer, identity, use_tls)
+        finally:
+            await _close(down[1])
+
+    async def _serve(
+        self,
+        down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        peer: tuple[str, int],
+        identity: LoadedIdentity,
+        mtls: bool,
+    ) -> None:
+        principal = peer_spiffe_id(down[1].get_extra_info("ssl_object")) if mtls else None
+        if mtls and principal is None:
+            self._metrics.tls_handshake_failure("no_spiffe_id")
+            return
+        local = down[1].get_extra_info("sockname") or ("", 0)
+        if self._gate is not None:
+            info = RequestInfo(
+                method="", path="", host="", headers=[], source_principal=principal,
+                source_ip=peer[0], source_port=peer[1], destination_ip=str(local[0]),
+                destination_port=int(local[1]), sni=None, mtls=mtls, request_id="",
+            )  # fmt: skip
+            verdict = self._gate.check_connection(info)
+            if not verdict.allowed:
+                logger.info("tcp_connection_denied", extra={"peer": principal,
+                                                            "reason": verdict.reason})  # fmt: skip
+                return
+        labels = _Labels(
+            reporter="destination",
+            source_principal=principal or "",
+            destination_principal=identity.spiffe_id,
+            destination_service=self._service,
+            mtls=mtls,
+        )
+        try:
+            up = await asyncio.wait_for(
+                asyncio.open_connection(self._app.host, self._app.port, limit=CHUNK_BYTES),
+                timeout=self._timeouts.connect_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            self._metrics.upstream_error("timeout" if isinstance(exc, TimeoutError) else "connect")
+            return
+        await _run_splice(self._metrics, labels, down, up, self._timeouts.idle_s)
+
+
+class TcpOutboundListener(_TcpListener):
+    """Accepts the app's plaintext connections for one ``protocol: tcp`` service
+    and splices them over mTLS to one of its endpoints, checking its identity."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        service: ServiceConfig,
+        identity: IdentitySource,
+        metrics: GoldenMetrics,
+        timeouts: Timeouts,
+    ) -> None:
+        super().__init__(sock, metrics=metrics, timeouts=timeouts)
+        self._service = service
+        self._identity = identity
+        self._order = itertools.cycle(range(len(service.endpoints)))
+
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        up = await self._connect_upstream()
+        if up is None:
+            return
+        streams, expected, identity = up
+        try:
+            down = await self._wrap(conn, ssl_ctx=None)
+        except BaseException:
+            await _close(streams[1])
+            raise
+        labels = _Labels(
+            reporter="source",
+            source_principal=identity.spiffe_id,
+            destination_principal=expected,
+            destination_service=self._service.name,
+            mtls=True,
+        )
+        try:
+            await _run_splice(self._metrics, labels, down, streams, self._timeouts.idle_s)
+        finally:
+            await _close(down[1])
+
+    async def _connect_upstream(
+        self,
+    ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], str, LoadedIdentity] | None:
+        """Try each endpoint once, round-robin start; None when all fail."""
+        start = next(self._order)
+        endpoints = self._service.endpoints
+        for i in range(len(endpoints)):
+            endpoint = endpoints[(start + i) % len(endpoints)]
+            identity = self._identity()
+            try:
+                sock = await asyncio.wait_for(
+                    _connect(endpoint.address), timeout=self._timeouts.connect_s
+                )
+            except (OSError, TimeoutError) as exc:
+                kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
+                self._metrics.upstream_error(kind)
+                continue
+            try:
+                streams = await _streams(sock, ssl_ctx=identity.client, server_side=False)
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                sock.close()
+                self._metrics.tls_handshake_failure(handshake_failure_reason(exc))
+                continue
+            got = peer_spiffe_id(streams[1].get_extra_info("ssl_object"))
+            if got != endpoint.identity:
+                logger.warning("upstream_identity_mismatch",
+                               extra={"expected": endpoint.identity, "got": got})  # fmt: skip
+                self._metrics.tls_handshake_failure("wrong_identity")
+                await _close(streams[1])
+                continue
+            return streams, endpoint.identity, identity
+        return None
+
+
+async def _connect(address: Address) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+# A TLS close waits for the peer's close_notify at most this long.
+_CLOSE_TIMEOUT_S = 1.0
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a stream and wait for its transport to finish closing (bounded)."""
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+        await asyncio.wait_for(writer.wait_closed(), timeout=_CLOSE_TIMEOUT_S)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Labels:
+    """The istio_tcp_* labels of one connection."""
+
+    reporter: str
+    source_principal: str
+    destination_principal: str
+    destination_service: str
+    mtls: bool
+
+
+async def _run_splice(
+    metrics: GoldenMetrics,
+    labels: _Labels,
+    down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    idle_s: float,
+) -> None:
+    common = {
+        "reporter": labels.reporter,
+        "source_principal": labels.source_principal,
+        "destination_principal": labels.destination_principal,
+        "destination_service": labels.destination_service,
+    }
+    metrics.tcp_opened(**common, mtls=labels.mtls)
+    splice = _Splice(idle_s)
+    try:
+        await splice.run(down, up)
+    finally:
+        await _close(up[1])
+        metrics.tcp_bytes(splice.sent, splice.received, **common, mtls=labels.mtls)
+        metrics.tcp_closed(**common, mtls=labels.mtls)
