@@ -13,6 +13,7 @@ compared with the ``now`` the caller passes, so tests use ``ManualClock``.
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -152,10 +153,11 @@ class TokenLedger:
     ``consume`` because an expired token is refused before the ledger is asked.
     """
 
-    __slots__ = ("_used",)
+    __slots__ = ("_expiry", "_used")
 
     def __init__(self) -> None:
         self._used: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []  # min-heap: pruning is O(log n) per token
 
     def consume(self, token_id: str, *, expires_at: float, now: float) -> None:
         """Record ``token_id`` as used; raise ``IdentityError`` if it already was."""
@@ -163,11 +165,13 @@ class TokenLedger:
         if token_id in self._used:
             raise IdentityError("join token was already used (tokens are single-use)")
         self._used[token_id] = expires_at
+        heapq.heappush(self._expiry, (expires_at, token_id))
 
     def prune(self, now: float) -> None:
-        expired = [tid for tid, exp in self._used.items() if exp <= now]
-        for tid in expired:
-            del self._used[tid]
+        """Forget tokens that have expired: they are refused before the ledger is asked."""
+        while self._expiry and self._expiry[0][0] <= now:
+            _, token_id = heapq.heappop(self._expiry)
+            self._used.pop(token_id, None)
 
     def __len__(self) -> int:
         return len(self._used)
