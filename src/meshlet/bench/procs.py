@@ -146,7 +146,22 @@ async def http_get(port: int, path: str = "/", *, timeout_s: float = 2.0) -> tup
     status_line = head.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or not status_line[1].isdigit():
         raise OSError(f"not an HTTP response: {raw[:60]!r}")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
     return int(status_line[1]), body
+
+
+def _dechunk(body: bytes) -> bytes:
+    """Undo chunked transfer coding (RFC 9112 §7.1) of a complete body; no trailers."""
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
 
 
 async def wait_http_ok(

@@ -43,7 +43,10 @@ def _local(port: int) -> dict[str, Any]:
 
 def _tls_common(cert: Path, key: Path, bundle: Path, peer_id: str) -> dict[str, Any]:
     return {
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_3",
+            "tls_maximum_protocol_version": "TLSv1_3",
+        },
         "tls_certificates": [
             {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
         ],
@@ -150,7 +153,7 @@ def _haproxy_head(threads: int) -> str:
     return (
         "global\n"
         f"  nbthread {threads}\n"
-        "  maxconn 20000\n"
+        "  maxconn 4096\n"
         "defaults\n"
         "  mode http\n"
         "  option http-keep-alive\n"
