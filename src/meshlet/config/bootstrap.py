@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshlet.config.source import Document, load_file
 from meshlet.config.validation import validate_document
@@ -135,6 +135,9 @@ class ServiceConfig:
     name: str
     protocol: Literal["http", "tcp"]
     endpoints: tuple[EndpointConfig, ...]
+    # protocol tcp only: the app connects here (an opaque stream has no Host to
+    # route on, so each tcp service needs its own local port).
+    listen: Address | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +225,20 @@ class _EndpointSchema(_Strict):
 class _ServiceSchema(_Strict):
     protocol: Literal["http", "tcp"] = "http"
     endpoints: list[_EndpointSchema] = Field(min_length=1)
+    listen: str | None = None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> object:
+        return value if value is None else _address(value)
+
+    @model_validator(mode="after")
+    def _tcp_needs_listen(self) -> _ServiceSchema:
+        if self.protocol == "tcp" and self.listen is None:
+            raise ValueError("a protocol: tcp service needs its own 'listen' address")
+        if self.protocol == "http" and self.listen is not None:
+            raise ValueError("'listen' is only for protocol: tcp (http shares outbound.listen)")
+        return self
 
 
 class _OutboundSchema(_Strict):
@@ -351,6 +368,7 @@ def parse_bootstrap(doc: Document) -> BootstrapConfig:
                     )
                     for ep in svc.endpoints
                 ),
+                listen=parse_address(svc.listen) if svc.listen else None,
             )
             for name, svc in schema.outbound.services.items()
         )

@@ -1,0 +1,454 @@
+"""The downstream side of the relay: a connection from a client (the local app on
+outbound, a peer sidecar on inbound) parsed with httptools.
+
+An asyncio Protocol, not StreamReader/Writer: bytes go from ``data_received``
+through the parser callbacks straight to the upstream transport, with no task
+switch or extra copy per request. Requests are answered strictly in order
+(pipelining, RFC 9112 §9.3.2): later requests are parsed and queued, and
+reading pauses until the earlier ones are answered. Reading is also paused
+while the upstream cannot take more body (backpressure) and while the body
+buffered before an upstream is attached passes a high-water mark, so memory
+stays bounded whatever the client sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from meshlet.errors import RemoteProtocolError
+from meshlet.proxy import rescue as rescues
+from meshlet.proxy.exchange import CHUNKED, LENGTH, Exchange, Listener
+from meshlet.proxy.heads import connection_tokens
+
+if TYPE_CHECKING:
+    from meshlet.proxy.driver_up import UpstreamConnection
+
+__all__ = ["PAUSE_BACKPRESSURE", "PAUSE_PENDING", "PAUSE_PIPELINE", "DownstreamConnection"]
+
+PAUSE_PIPELINE, PAUSE_BACKPRESSURE, PAUSE_PENDING = 1, 2, 4
+# Body bytes held while no upstream is attached yet (connecting, or a policy
+# check in flight) before reading pauses; one uvloop read is up to 256 KiB.
+PENDING_HIGH_WATER = 256 * 1024
+
+_HOST, _CONNECTION, _REQUEST_ID, _TE, _EXPECT, _UPGRADE, _XFF, _XFP, _XFCC, _CL = range(10)
+_SPECIAL = {
+    b"content-length": _CL,
+    b"host": _HOST,
+    b"connection": _CONNECTION,
+    b"x-request-id": _REQUEST_ID,
+    b"transfer-encoding": _TE,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-client-cert": _XFCC,
+}
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside a parser callback to stop parsing an oversized head."""
+
+
+class DownstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "active",
+        "closed",
+        "deadline",
+        "error",
+        "head_bytes",
+        "head_count",
+        "in_head",
+        "listener",
+        "local_ip",
+        "local_port",
+        "mtls",
+        "parser",
+        "parsing",
+        "paused",
+        "peer_ip",
+        "peer_port",
+        "principal",
+        "queue",
+        "sni",
+        "transport",
+        "tunnel",
+        "tunnel_pending",
+        "url",
+        "write_paused",
+        "xfp",
+    )
+
+    def __init__(self, listener: Listener, *, mtls: bool = False) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.active: Exchange | None = None  # the exchange being answered
+        self.queue: deque[Exchange] = deque()  # pipelined, waiting their turn
+        self.parsing: Exchange | None = None  # the request the parser is inside
+        self.paused = 0  # bit set of PAUSE_* reasons
+        self.peer_ip, self.peer_port, self.local_ip, self.local_port = "", 0, "", 0
+        self.principal: str | None = None
+        self.sni: str | None = None
+        self.mtls = mtls
+        self.deadline = 0.0
+        self.head_bytes = 0
+        self.head_count = 0
+        self.url = b""
+        self.error: rescues.Rescue | None = None  # to send once the active exchange ends
+        self.closed = False
+        self.tunnel: UpstreamConnection | None = None
+        self.tunnel_pending = b""
+        self.in_head = False
+        self.xfp: bytes | None = None
+        self.write_paused = False
+
+    # -- transport callbacks ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No isinstance check: uvloop's TLS transport is not an asyncio.Transport subclass.
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.peer_ip, self.peer_port = peer[0], peer[1]
+        self.local_ip, self.local_port = local[0], local[1]
+        if self.mtls:
+            from meshlet.proxy.tls import peer_spiffe_id
+
+            self.principal = peer_spiffe_id(transport.get_extra_info("ssl_object"))
+        self.listener.conns.add(self)
+        # The first request must start arriving like any head (slowloris guard).
+        self.deadline = self.listener.now + self.listener.timeouts.header_read_s
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write_raw(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.tunnel_pending = data[exc.args[0] :]
+            self.pause(PAUSE_PIPELINE)
+        except _HeadTooLarge:
+            self.protocol_error(
+                rescues.rescue(
+                    431, "header_too_large", "DPE", "request header section too large", close=True
+                )
+            )
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _HeadTooLarge):
+                self.protocol_error(
+                    rescues.rescue(
+                        431,
+                        "header_too_large",
+                        "DPE",
+                        "request header section too large",
+                        close=True,
+                    )
+                )
+            elif isinstance(cause, RemoteProtocolError):
+                self.protocol_error(rescues.from_error(cause))
+            else:
+                msg = f"invalid HTTP/1.1 request: {exc}"
+                self.protocol_error(rescues.rescue(400, "bad_request", "DPE", msg, close=True))
+
+    def eof_received(self) -> bool:
+        # Keep the write side open while a response is owed (half-close).
+        return self.active is not None and self.tunnel is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        listener = self.listener
+        listener.conns.discard(self)
+        if listener.on_empty is not None and not listener.conns:
+            listener.on_empty()
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        ex, self.active = self.active, None
+        self.queue.clear()
+        if ex is not None and not ex.ended:
+            ex.ended = True
+            ex.flag = "DC"  # downstream connection termination
+            self.listener.router.finish(ex)
+            if ex.upstream is not None:
+                ex.upstream.close()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ups = self.tunnel or (self.active.upstream if self.active else None)
+        if ups is not None:
+            ups.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ups = self.tunnel or (self.active.upstream if self.active else None)
+        if ups is not None:
+            ups.resume_reading()
+
+    # -- flow control -------------------------------------------------------
+
+    def pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    # -- parser callbacks ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.deadline = self.listener.now + self.listener.timeouts.header_read_s
+        self.head_bytes = 0
+        self.head_count = 0
+        self.url = b""
+        self.in_head = True
+        self.parsing = Exchange(self, 0.0)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > self.listener.limits.max_header_bytes:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a chunked trailer field: not forwarded (documented)
+        self.head_count += 1
+        self.head_bytes += len(name) + len(value) + 4
+        limits = self.listener.limits
+        if self.head_count > limits.max_headers or self.head_bytes > limits.max_header_bytes:
+            raise _HeadTooLarge
+        name = name.lower()
+        ex = self.parsing
+        assert ex is not None, "BUG: header outside a message"
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            ex.headers.append((name, value))
+            return
+        if kind == _HOST:
+            if ex.host:
+                raise RemoteProtocolError("more than one Host header")  # RFC 9112 §3.2
+            ex.host = value
+        elif kind == _CONNECTION:
+            ex.connection = value if ex.connection is None else ex.connection + b"," + value
+            return
+        elif kind == _REQUEST_ID:
+            ex.request_id = value
+        elif kind == _TE:
+            if value.strip().lower() != b"chunked":  # RFC 9112 §6.1: unknown coding
+                raise RemoteProtocolError(
+                    f"transfer-coding {value[:40]!r} not supported", status_hint=501
+                )
+            ex.framing = CHUNKED
+            return
+        elif kind == _CL:
+            if ex.framing != CHUNKED:
+                ex.framing = LENGTH
+        elif kind == _EXPECT:
+            ex.expect = value.strip().lower() == b"100-continue"
+        elif kind == _UPGRADE:
+            ex.upgrade = value
+            return
+        elif kind == _XFF:
+            ex.xff = value if ex.xff is None else ex.xff + b", " + value
+            return
+        elif kind == _XFP:
+            self.xfp = value
+            return
+        elif kind == _XFCC:
+            return  # only we may say who the client is; drop what it claims
+        ex.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None, "BUG: headers outside a message"
+        self.in_head = False
+        self.deadline = 0.0
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.target = self.url
+        ex.version = b"1.0" if parser.get_http_version() == "1.0" else b"1.1"
+        ex.keep_alive = parser.should_keep_alive() and not self.listener.draining
+        ex.started = self.listener.monotonic()
+        ex.head_only = ex.method == b"HEAD"
+        if self.xfp is not None:
+            ex.headers.append((b"x-forwarded-proto", self.xfp))
+            self.xfp = None
+        if ex.upgrade is not None:
+            if b"upgrade" in connection_tokens(ex.connection):
+                ex.keep_alive = False  # the connection becomes a tunnel or closes
+            else:
+                ex.upgrade = None
+        if self.active is None:
+            self.active = ex
+            self.listener.router.start(ex)
+        else:
+            self.queue.append(ex)
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None, "BUG: body outside a message"
+        ex.req_bytes += len(body)
+        if ex.pending is None:
+            if ex.upstream is not None:
+                ex.upstream.send_body(body)
+            return
+        ex.pending.append(body)
+        ex.pending_bytes += len(body)
+        if ex.pending_bytes > PENDING_HIGH_WATER:
+            self.pause(PAUSE_PENDING)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None, "BUG: end outside a message"
+        self.parsing = None
+        ex.req_done = True
+        if ex.pending is None and ex.upstream is not None:
+            ex.upstream.end_body()
+        if not ex.keep_alive:
+            self.pause(PAUSE_PIPELINE)  # nothing after this request is read
+        if ex.ended and ex is self.active:
+            self._next(ex)
+
+    # -- called by the upstream side and the routers --------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def response_done(self, ex: Exchange, *, upstream_reusable: bool) -> None:
+        """The response to ``ex`` is complete: record it, hand the upstream
+        connection back, and move on to the next pipelined request."""
+        if ex.ended:
+            return
+        ex.ended = True
+        self.listener.router.finish(ex)
+        ups, ex.upstream = ex.upstream, None
+        if ups is not None:
+            ups.release(reusable=upstream_reusable and ex.req_done)
+        if ex.req_done or self.closed:
+            self._next(ex)
+        # else: the request body is still arriving after an early response;
+        # on_message_complete calls _next, or the close below in _next happens.
+        else:
+            self.close()
+
+    def _next(self, ex: Exchange) -> None:
+        if ex is not self.active:
+            return
+        self.active = None
+        if self.closed:
+            return
+        if not ex.keep_alive or self.listener.draining:
+            self.close()
+            return
+        if self.error is not None and not self.queue:
+            self._send_error(self.error)
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            if not self.queue and nxt.keep_alive:
+                self.resume(PAUSE_PIPELINE)
+            self.listener.router.start(nxt)
+            return
+        self.resume(PAUSE_PIPELINE)
+        if self.parsing is None:
+            self.deadline = self.listener.now + self.listener.timeouts.idle_s
+
+    def respond_rescue(self, ex: Exchange, r: rescues.Rescue) -> None:
+        """Answer ``ex`` with a synthetic response, or abort the connection if its
+        response has already started (nothing valid can be appended then)."""
+        if ex.ended:
+            return
+        ups, ex.upstream = ex.upstream, None
+        if ups is not None:
+            ups.close()
+        ex.flag = r.flag
+        if ex.status:
+            ex.ended = True
+            self.listener.router.finish(ex)
+            self.abort()
+            return
+        close = r.close or not ex.req_done or not ex.keep_alive
+        data = rescues.render(
+            r, close=close, request_id=ex.request_id or None, head_only=ex.head_only
+        )
+        ex.status = r.status
+        ex.resp_bytes = 0 if ex.head_only else len(r.message) + 1
+        self.write(data)
+        ex.ended = True
+        self.listener.router.finish(ex)
+        if close:
+            if ex is self.active:
+                self.active = None
+            self.close()
+        else:
+            self._next(ex)
+
+    def protocol_error(self, r: rescues.Rescue) -> None:
+        """The byte stream broke HTTP/1.1: answer once with ``r`` and close."""
+        self.pause(PAUSE_PIPELINE)
+        broken = self.parsing
+        self.parsing = None
+        self.queue.clear()
+        if self.active is not None and self.active is broken:
+            self.respond_rescue(self.active, r)  # e.g. a bad chunk mid-upload
+        elif self.active is not None:
+            self.error = r  # sent after the earlier, valid request is answered
+        else:
+            self._send_error(r)
+
+    def _send_error(self, r: rescues.Rescue) -> None:
+        ex = Exchange(self, self.listener.monotonic())
+        ex.req_done = True
+        ex.keep_alive = False
+        ex.service = "unknown"
+        self.active = ex
+        self.respond_rescue(ex, r)
+
+    def start_tunnel(self, upstream: UpstreamConnection) -> None:
+        """Switch to an opaque byte tunnel after a 101 (WebSocket and the like)."""
+        self.tunnel = upstream
+        self.deadline = 0.0
+        pending, self.tunnel_pending = self.tunnel_pending, b""
+        if pending:
+            upstream.write_raw(pending)
+        self.paused = 0
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def on_timeout(self) -> None:
+        """The sweep found this connection past its deadline."""
+        self.deadline = 0.0
+        if self.parsing is not None and self.parsing is not self.active:
+            self.protocol_error(
+                rescues.rescue(
+                    408, "header_timeout", "DPE", "request head not received in time", close=True
+                )
+            )
+        elif self.active is None:
+            self.close()  # idle keep-alive connection
+
+    def close_if_idle(self) -> None:
+        if self.active is None and self.parsing is None:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True

@@ -1,0 +1,151 @@
+"""The inbound pipeline: requests arriving at this workload, forwarded to the app.
+
+The peer's identity (the client certificate's SPIFFE ID, verified in the
+handshake) is what the gate decides on and what metrics record; the app learns
+it from ``x-forwarded-client-cert`` (Envoy's format, ``By=<us>;URI=<peer>``),
+which we always set ourselves and never pass through from a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from meshlet.proxy import rescue as rescues
+from meshlet.proxy.exchange import CHUNKED, Exchange
+from meshlet.proxy.heads import request_head
+from meshlet.proxy.hooks import GateVerdict, InboundGate, RequestInfo
+from meshlet.proxy.outbound import split_host
+from meshlet.proxy.pool import EndpointPool
+
+__all__ = ["InboundRouter"]
+
+
+class InboundRouter:
+    """Gate, then forward to the local app over a pooled plain connection."""
+
+    __slots__ = ("app", "gate", "local_principal", "tasks")
+
+    def __init__(
+        self,
+        *,
+        app: EndpointPool,
+        gate: InboundGate | None,
+        local_principal: Callable[[], str],
+    ) -> None:
+        self.app = app
+        self.gate = gate
+        self.local_principal = local_principal
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, ex: Exchange) -> None:
+        conn = ex.conn
+        if ex.method == b"CONNECT" or ex.target[:1] != b"/":
+            if ex.target[:7].lower() != b"http://":
+                conn.respond_rescue(
+                    ex,
+                    rescues.rescue(
+                        400, "bad_target", "NR", "inbound takes origin-form requests", close=True
+                    ),
+                )
+                return
+            slash = ex.target.find(b"/", 7)
+            ex.target = ex.target[slash:] if slash >= 0 else b"/"
+        ex.path = ex.target
+        ex.src_principal = conn.principal or "unknown"
+        ex.dst_principal = self.local_principal()
+        ex.service = split_host(ex.host).decode("ascii", "replace") or "unknown"
+        if not ex.request_id:
+            ex.request_id = conn.listener.ids.next()
+        gate = self.gate
+        if gate is None:
+            self._forward(ex, ())
+            return
+        info = RequestInfo(
+            method=ex.method.decode("ascii", "replace"),
+            path=ex.target.decode("ascii", "replace"),
+            host=split_host(ex.host).decode("ascii", "replace"),
+            headers=ex.headers if ex.xff is None else [*ex.headers, (b"x-forwarded-for", ex.xff)],
+            source_principal=conn.principal,
+            source_ip=conn.peer_ip,
+            source_port=conn.peer_port,
+            destination_ip=conn.local_ip,
+            destination_port=conn.local_port,
+            sni=conn.sni,
+            mtls=conn.mtls,
+            request_id=ex.request_id.decode("ascii", "replace"),
+        )
+        ex.info = info
+        verdict = gate.check(info)
+        if isinstance(verdict, GateVerdict):
+            self._decided(ex, verdict)
+            return
+        task = asyncio.get_running_loop().create_task(self._await_verdict(ex, verdict))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _await_verdict(self, ex: Exchange, pending: Awaitable[GateVerdict]) -> None:
+        try:
+            verdict = await pending
+        except Exception as exc:  # an external authorizer failing must deny, not crash
+            verdict = GateVerdict(allowed=False, status=403, reason=f"authorizer error: {exc}")
+        if not ex.ended and not ex.conn.closed:
+            self._decided(ex, verdict)
+
+    def _decided(self, ex: Exchange, verdict: GateVerdict) -> None:
+        ex.verdict = verdict
+        if not verdict.allowed:
+            status = verdict.status if verdict.status >= 400 else 403
+            ex.conn.respond_rescue(
+                ex, rescues.rescue(status, "denied", "RBAC", verdict.reason or "denied by policy")
+            )
+            return
+        if verdict.remove_headers:
+            drop = frozenset(verdict.remove_headers)
+            ex.headers = [h for h in ex.headers if h[0] not in drop]
+        extra = [name + b": " + value for name, value in verdict.set_headers]
+        self._forward(ex, extra)
+
+    def _forward(self, ex: Exchange, extra: list[bytes] | tuple[()]) -> None:
+        conn = ex.conn
+        lines = list(extra)
+        lines.append(b"x-request-id: " + ex.request_id)
+        ip = conn.peer_ip.encode("ascii")
+        lines.append(b"x-forwarded-for: " + (ex.xff + b", " + ip if ex.xff else ip))
+        if conn.principal is not None:
+            lines.append(
+                b"x-forwarded-client-cert: By="
+                + ex.dst_principal.encode("ascii")
+                + b";URI="
+                + conn.principal.encode("ascii")
+            )
+        if not any(name == b"x-forwarded-proto" for name, _ in ex.headers):
+            lines.append(b"x-forwarded-proto: https" if conn.mtls else b"x-forwarded-proto: http")
+        ex.head = request_head(
+            ex.method,
+            ex.target,
+            ex.headers,
+            connection=ex.connection,
+            extra=lines,
+            chunked=ex.framing == CHUNKED,
+            upgrade=ex.upgrade,
+        )
+        self.app.forward(ex)
+
+    def finish(self, ex: Exchange) -> None:
+        listener = ex.conn.listener
+        listener.metrics.request(
+            reporter="destination",
+            source_principal=ex.src_principal,
+            destination_principal=ex.dst_principal,
+            destination_service=ex.service,
+            request_protocol="http",
+            response_code=ex.status,
+            mtls=ex.conn.mtls,
+            duration_s=listener.monotonic() - ex.started,
+            request_bytes=ex.req_bytes,
+            response_bytes=ex.resp_bytes,
+            response_flags=ex.flag,
+        )
+        if self.gate is not None and ex.info is not None and ex.verdict is not None:
+            self.gate.finish(ex.info, ex.verdict, ex.status)

@@ -1,0 +1,132 @@
+"""The outbound pipeline: plain HTTP from the local app to a mesh service.
+
+The app talks to us as to a forward proxy (absolute-form request-target, what
+``HTTP_PROXY`` makes curl/requests/httpx send) or as to the service itself
+(origin-form + Host). The host, with any port removed, names the service; the
+service's cluster picks an endpoint; the request goes over a pooled mTLS
+connection that has proven the endpoint's SPIFFE ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshlet.errors import NoRoute
+from meshlet.proxy import rescue as rescues
+from meshlet.proxy.exchange import CHUNKED, Exchange, Listener
+from meshlet.proxy.heads import request_head
+from meshlet.proxy.pool import Cluster
+
+__all__ = ["OutboundRouter", "split_host"]
+
+
+def split_host(authority: bytes) -> bytes:
+    """``host[:port]`` or ``[v6][:port]`` -> lowercased host without the port."""
+    if authority.startswith(b"["):
+        return authority[1 : authority.find(b"]")].lower()
+    colon = authority.rfind(b":")
+    return (authority[:colon] if colon >= 0 else authority).lower()
+
+
+class OutboundRouter:
+    """Routes requests from the local app to mesh services by host."""
+
+    __slots__ = ("clusters", "listener", "local_principal")
+
+    def __init__(self, *, clusters: dict[str, Cluster], local_principal: Callable[[], str]) -> None:
+        self.clusters = {name.encode("ascii").lower(): c for name, c in clusters.items()}
+        self.local_principal = local_principal
+        self.listener: Listener | None = None  # set by the server once the listener exists
+
+    def start(self, ex: Exchange) -> None:
+        target = ex.target
+        conn = ex.conn
+        if target[:1] == b"/":
+            authority = ex.host
+            if not authority:
+                conn.respond_rescue(
+                    ex,
+                    rescues.rescue(
+                        400, "no_host", "NR", "HTTP/1.1 request without Host", close=True
+                    ),
+                )
+                return
+        elif target[:7].lower() == b"http://":
+            # RFC 9112 §3.2.2: absolute-form; the URI's authority wins over Host.
+            slash = target.find(b"/", 7)
+            authority = target[7:slash] if slash >= 0 else target[7:]
+            target = target[slash:] if slash >= 0 else b"/"
+            ex.host = authority
+            ex.headers = [h for h in ex.headers if h[0] != b"host"]
+            ex.headers.append((b"host", authority))
+        elif ex.method == b"CONNECT":
+            conn.respond_rescue(
+                ex,
+                rescues.rescue(
+                    405,
+                    "connect_unsupported",
+                    "NR",
+                    "CONNECT tunnels are not supported; send plain http:// through the sidecar",
+                ),
+            )
+            return
+        else:
+            conn.respond_rescue(
+                ex,
+                rescues.rescue(
+                    400,
+                    "bad_target",
+                    "NR",
+                    "request-target must be origin- or absolute-form",
+                    close=True,
+                ),
+            )
+            return
+        ex.path = target
+        host = split_host(authority)
+        cluster = self.clusters.get(host)
+        ex.src_principal = self.local_principal()
+        if cluster is None:
+            ex.service = "unknown"
+            shown = host.decode("ascii", "replace")[:100]
+            conn.respond_rescue(
+                ex, rescues.from_error(NoRoute(f"no mesh service {shown!r} in outbound.services"))
+            )
+            return
+        ex.service = cluster.name
+        endpoint = cluster.pick()
+        ex.dst_principal = endpoint.identity or "unknown"
+        extra = []
+        if not ex.request_id:
+            ex.request_id = conn.listener.ids.next()
+        extra.append(b"x-request-id: " + ex.request_id)
+        ip = conn.peer_ip.encode("ascii")
+        extra.append(b"x-forwarded-for: " + (ex.xff + b", " + ip if ex.xff else ip))
+        if not any(name == b"x-forwarded-proto" for name, _ in ex.headers):
+            extra.append(b"x-forwarded-proto: http")
+        ex.head = request_head(
+            ex.method,
+            target,
+            ex.headers,
+            connection=ex.connection,
+            extra=extra,
+            chunked=ex.framing == CHUNKED,
+            upgrade=ex.upgrade,
+        )
+        endpoint.forward(ex)
+
+    def finish(self, ex: Exchange) -> None:
+        listener = ex.conn.listener
+        listener.metrics.request(
+            reporter="source",
+            source_principal=ex.src_principal,
+            destination_principal=ex.dst_principal,
+            destination_service=ex.service,
+            request_protocol="http",
+            response_code=ex.status,
+            mtls=True,
+            duration_s=listener.monotonic() - ex.started,
+            request_bytes=ex.req_bytes,
+            response_bytes=ex.resp_bytes,
+            response_flags=ex.flag,
+        )

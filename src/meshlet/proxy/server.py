@@ -1,0 +1,520 @@
+"""``ProxyServer``: the sidecar's listeners, identity, deadline sweep and drain.
+
+Listeners run their own accept loop (``loop.sock_accept``) rather than
+``create_server``: the TLS context is read per handshake (a certificate reload
+reaches new handshakes only, live connections are untouched), handshake
+failures are seen and counted by reason, and PERMISSIVE mode can peek at the
+first byte (0x16 = a TLS handshake record, RFC 8446 §5.1) without consuming it.
+
+Deadlines (header read, idle, upstream response) are fields on connections;
+one periodic sweep per server checks them and refreshes a coarse clock, so the
+request path never arms a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from meshlet.clock import Clock
+from meshlet.config.bootstrap import Address, BootstrapConfig, MtlsMode
+from meshlet.errors import ConfigError, IdentityError
+from meshlet.proxy.driver_down import DownstreamConnection
+from meshlet.proxy.exchange import Listener, RequestIds
+from meshlet.proxy.hooks import InboundGate
+from meshlet.proxy.inbound import InboundRouter
+from meshlet.proxy.outbound import OutboundRouter
+from meshlet.proxy.pool import Cluster, EndpointPool
+from meshlet.proxy.tls import LoadedIdentity, handshake_failure_reason, load_identity
+
+if TYPE_CHECKING:
+    from meshlet.telemetry.metrics import GoldenMetrics
+
+__all__ = ["ProxyServer"]
+
+logger = logging.getLogger(__name__)
+
+_TLS_HANDSHAKE_BYTE = 0x16
+
+
+class ProxyServer:
+    """One worker's data plane: an inbound and/or outbound HTTP listener."""
+
+    def __init__(
+        self,
+        config: BootstrapConfig,
+        *,
+        metrics: GoldenMetrics,
+        clock: Clock,
+        inbound_gate: InboundGate | None = None,
+        access_log: Any = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.access_log = access_log
+        self._gate = inbound_gate
+        self._identity: LoadedIdentity | None = None
+        self._ids = RequestIds()
+        self._socks: dict[str, socket.socket] = {}
+        self._accepting: list[asyncio.Task[None]] = []
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._listeners: list[Listener] = []
+        self._clusters: list[Cluster] = []
+        self._app: EndpointPool | None = None
+        self._tcp: list[Any] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._started = False
+        self._closed = False
+        self.inbound_listener: Listener | None = None
+        self.outbound_listener: Listener | None = None
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Listeners bound and an identity loaded (what ``/ready`` reports)."""
+        return self._started and not self._closed and self._identity is not None
+
+    @property
+    def identity(self) -> LoadedIdentity | None:
+        """The current SVID (``spiffe_id``, ``not_after``, ``serial``, ...)."""
+        return self._identity
+
+    def _current(self) -> LoadedIdentity:
+        identity = self._identity
+        if identity is None:
+            raise IdentityError("no identity loaded")
+        return identity
+
+    def _principal(self) -> str:
+        return self._identity.spiffe_id if self._identity is not None else "unknown"
+
+    def reload_identity(self) -> None:
+        """Re-read cert/key/bundle and swap both contexts in one assignment; on any
+        problem keep the old identity and raise IdentityError."""
+        new = load_identity(self.config.identity)
+        old = self._identity
+        self._identity = new
+        if old is None or old.serial != new.serial:
+            logger.info("identity_loaded", extra={"spiffe_id": new.spiffe_id, "serial": new.serial})
+
+    # -- start --------------------------------------------------------------
+
+    async def start(
+        self, sockets: dict[str, socket.socket] | None = None, *, reuse_port: bool = False
+    ) -> None:
+        """Load the identity, bind (or adopt ``sockets`` keyed "inbound"/"outbound",
+        or "tcp:<service>" for opaque outbound services) and start accepting."""
+        cfg = self.config
+        if self._gate is None and cfg.inbound is not None and cfg.inbound.policies:
+            try:
+                from meshlet.proxy import authz  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise ConfigError("inbound.policies: not supported in this build") from exc
+            self._gate = authz.build_gate(cfg, clock=self.clock)
+        self.reload_identity()
+        given = dict(sockets or {})
+        loop = asyncio.get_running_loop()
+        if cfg.outbound is not None:
+            sock = (
+                given.pop("outbound")
+                if "outbound" in given
+                else _bind(cfg.outbound.listen, reuse_port)
+            )
+            self._socks["outbound"] = sock
+            self.outbound_listener = self._outbound_listener()
+            self._spawn_accept(loop, sock, self.outbound_listener, MtlsMode.DISABLE)
+            await self._start_tcp_outbound(given, reuse_port)
+        if cfg.inbound is not None:
+            sock = (
+                given.pop("inbound")
+                if "inbound" in given
+                else _bind(cfg.inbound.listen, reuse_port)
+            )
+            self._socks["inbound"] = sock
+            if cfg.inbound.protocol == "tcp":
+                await self._start_tcp_inbound(sock)
+            else:
+                self.inbound_listener = self._inbound_listener()
+                self._spawn_accept(loop, sock, self.inbound_listener, cfg.inbound.mtls)
+        self._started = True
+        self._schedule_sweep(loop)
+
+    def _new_listener(self, side: str, router: Any) -> Listener:
+        listener = Listener(
+            side=side,
+            router=router,
+            metrics=self.metrics,
+            monotonic=self.clock.monotonic,
+            limits=self.config.limits,
+            timeouts=self.config.timeouts,
+            ids=self._ids,
+        )
+        self._listeners.append(listener)
+        return listener
+
+    def _outbound_listener(self) -> Listener:
+        assert self.config.outbound is not None, "BUG: no outbound config"
+        router = OutboundRouter(clusters={}, local_principal=self._principal)
+        listener = self._new_listener("outbound", router)
+        client_ctx = lambda: self._current().client  # noqa: E731 - read per connect
+        clusters: dict[str, Cluster] = {}
+        for svc in self.config.outbound.services:
+            if svc.protocol != "http":
+                continue
+            pools = tuple(
+                EndpointPool(
+                    address=ep.address,
+                    identity=ep.identity,
+                    listener=listener,
+                    ssl_context=client_ctx,
+                    labels=ep.labels,
+                )
+                for ep in svc.endpoints
+            )
+            clusters[svc.name] = Cluster(name=svc.name, protocol=svc.protocol, endpoints=pools)
+        router.clusters = {name.encode("ascii").lower(): c for name, c in clusters.items()}
+        self._clusters.extend(clusters.values())
+        return listener
+
+    def _inbound_listener(self) -> Listener:
+        assert self.config.inbound is not None, "BUG: no inbound config"
+        router = InboundRouter(app=None, gate=self._gate, local_principal=self._principal)  # type: ignore[arg-type]
+        listener = self._new_listener("inbound", router)
+        self._app = EndpointPool(
+            address=self.config.inbound.app, identity=None, listener=listener, ssl_context=None
+        )
+        router.app = self._app
+        listener.scheme = b"https"
+        return listener
+
+    async def _start_tcp_inbound(self, sock: socket.socket) -> None:
+        from meshlet.proxy.tcp import TcpInboundListener
+
+        inbound = self.config.inbound
+        assert inbound is not None, "BUG: no inbound config"
+        listener = TcpInboundListener(
+            sock,
+            app=inbound.app,
+            mtls=inbound.mtls,
+            identity=self._current,
+            metrics=self.metrics,
+            timeouts=self.config.timeouts,
+            gate=self._gate,
+            service=self.config.workload.name or "inbound",
+        )
+        await listener.start()
+        self._tcp.append(listener)
+
+    async def _start_tcp_outbound(self, given: dict[str, socket.socket], reuse_port: bool) -> None:
+        outbound = self.config.outbound
+        assert outbound is not None, "BUG: no outbound config"
+        tcp_services = [s for s in outbound.services if s.protocol == "tcp"]
+        if not tcp_services:
+            return
+        from meshlet.proxy.tcp import TcpOutboundListener
+
+        for svc in tcp_services:
+            if svc.listen is None:
+                raise AssertionError("BUG: tcp service without listen passed validation")
+            sock = _take(given, f"tcp:{svc.name}", svc.listen, reuse_port)
+            self._socks[f"tcp:{svc.name}"] = sock
+            listener = TcpOutboundListener(
+                sock,
+                service=svc,
+                identity=self._current,
+                metrics=self.metrics,
+                timeouts=self.config.timeouts,
+            )
+            await listener.start()
+            self._tcp.append(listener)
+
+    # -- accepting ----------------------------------------------------------
+
+    def _spawn_accept(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        listener: Listener,
+        mode: MtlsMode,
+    ) -> None:
+        sock.setblocking(False)
+        task = loop.create_task(self._accept_loop(loop, sock, listener, mode))
+        self._accepting.append(task)
+
+    async def _accept_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        lsock: socket.socket,
+        listener: Listener,
+        mode: MtlsMode,
+    ) -> None:
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(lsock)
+            except OSError as exc:  # EMFILE and friends: back off and keep serving
+                logger.warning("accept_failed", extra={"error": str(exc)})
+                await asyncio.sleep(0.1)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if mode is MtlsMode.DISABLE:
+                await self._plain(loop, sock, listener)
+                continue
+            task = loop.create_task(self._secure(loop, sock, listener, mode))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _plain(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, listener: Listener
+    ) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: DownstreamConnection(listener), sock)
+        except OSError:
+            sock.close()
+
+    async def _secure(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        listener: Listener,
+        mode: MtlsMode,
+    ) -> None:
+        timeout = self.config.timeouts.header_read_s
+        if mode is MtlsMode.PERMISSIVE:
+            try:
+                first = await asyncio.wait_for(_peek_byte(loop, sock), timeout)
+            except (TimeoutError, OSError):
+                sock.close()
+                return
+            if first is None:
+                sock.close()
+                return
+            if first != _TLS_HANDSHAKE_BYTE:
+                await self._plain(loop, sock, listener)
+                return
+        ctx = self._current().server
+        try:
+            transport, proto = await loop.connect_accepted_socket(
+                lambda: DownstreamConnection(listener, mtls=True),
+                sock,
+                ssl=ctx,
+                ssl_handshake_timeout=timeout,
+            )
+        except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            self.metrics.tls_handshake_failure(handshake_failure_reason(exc))
+            sock.close()
+            return
+        if proto.principal is None:
+            self.metrics.tls_handshake_failure("no_spiffe_id")
+            transport.abort()
+
+    # -- deadlines ----------------------------------------------------------
+
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        t = self.config.timeouts
+        interval = min(t.header_read_s, t.idle_s, t.upstream_response_s, t.connect_s) / 4
+        interval = min(max(interval, 0.02), 1.0)
+        self._sweeper = loop.call_later(interval, self._sweep, loop, interval)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        now = self.clock.monotonic()
+        for listener in self._listeners:
+            listener.now = now
+            for conn in [c for c in listener.conns if c.deadline and now > c.deadline]:
+                conn.on_timeout()
+            for up in list(listener.upstreams):
+                if up.ticks != up.seen_ticks:
+                    up.seen_ticks = up.ticks
+                    up.quiet_since = now
+                elif up.idle_limit and now - up.quiet_since > up.idle_limit:
+                    up.on_timeout()
+                    continue
+                if up.deadline and now > up.deadline:
+                    up.on_timeout()
+        if not self._closed:
+            self._sweeper = loop.call_later(interval, self._sweep, loop, interval)
+
+    # -- stop ---------------------------------------------------------------
+
+    def _stop_accepting(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        self._accepting.clear()
+        for tcp in self._tcp:
+            tcp.stop_accepting()
+        for sock in self._socks.values():
+            sock.close()
+
+    async def drain(self, deadline_s: float) -> None:
+        """Stop accepting; idle connections close now, busy ones after their
+        current response (answered with ``connection: close``); whatever is
+        still open at the deadline is cut."""
+        self._stop_accepting()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        for listener in self._listeners:
+            listener.draining = True
+            for conn in list(listener.conns):
+                conn.close_if_idle()
+        tcp_drains = [loop.create_task(t.drain(deadline_s)) for t in self._tcp]
+        empty = asyncio.Event()
+
+        def check() -> None:
+            if not any(listener.conns for listener in self._listeners):
+                empty.set()
+
+        for listener in self._listeners:
+            listener.on_empty = check
+        check()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(empty.wait(), max(end - loop.time(), 0.0))
+        if tcp_drains:
+            await asyncio.gather(*tcp_drains, return_exceptions=True)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close everything now (in-flight requests are cut)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+        for listener in self._listeners:
+            for conn in list(listener.conns):
+                conn.abort()
+            for up in list(listener.upstreams):
+                up.close()
+        for cluster in self._clusters:
+            cluster.close()
+        if self._app is not None:
+            self._app.close()
+        for tcp in self._tcp:
+            await tcp.close()
+        await asyncio.sleep(0)  # let transports run their connection_lost
+
+    # -- introspection --------------------------------------------------------
+
+    def _address(self, key: str) -> tuple[str, int] | None:
+        sock = self._socks.get(key)
+        if sock is None or sock.fileno() < 0:
+            return None
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def inbound_address(self) -> tuple[str, int] | None:
+        return self._address("inbound")
+
+    @property
+    def outbound_address(self) -> tuple[str, int] | None:
+        return self._address("outbound")
+
+    def tcp_address(self, service: str) -> tuple[str, int] | None:
+        return self._address(f"tcp:{service}")
+
+    def config_dump(self) -> dict[str, Any]:
+        """The running configuration as JSON-able data; paths only, never key bytes."""
+        cfg = self.config
+        ident = self._identity
+        out: dict[str, Any] = {
+            "source": cfg.source,
+            "identity": {
+                "cert": str(cfg.identity.cert),
+                "key": str(cfg.identity.key),
+                "bundle": str(cfg.identity.bundle),
+                "spiffe_id": ident.spiffe_id if ident else None,
+                "serial": ident.serial if ident else None,
+                "not_after": ident.not_after if ident else None,
+            },
+            "admin": str(cfg.admin) if cfg.admin else None,
+            "timeouts": {k: getattr(cfg.timeouts, k) for k in cfg.timeouts.__slots__},
+            "limits": {k: getattr(cfg.limits, k) for k in cfg.limits.__slots__},
+            "workload": {
+                "name": cfg.workload.name,
+                "namespace": cfg.workload.namespace,
+                "service_account": cfg.workload.service_account,
+                "labels": dict(cfg.workload.labels),
+            },
+        }
+        if cfg.inbound is not None:
+            out["inbound"] = {
+                "listen": str(cfg.inbound.listen),
+                "bound": _fmt(self.inbound_address),
+                "app": str(cfg.inbound.app),
+                "mtls": cfg.inbound.mtls.value,
+                "protocol": cfg.inbound.protocol,
+                "policies": [str(p) for p in cfg.inbound.policies],
+                "gate": type(self._gate).__name__ if self._gate is not None else None,
+            }
+        if cfg.outbound is not None:
+            out["outbound"] = {
+                "listen": str(cfg.outbound.listen),
+                "bound": _fmt(self.outbound_address),
+                "services": {
+                    svc.name: {
+                        "protocol": svc.protocol,
+                        "listen": str(svc.listen) if svc.listen else None,
+                        "endpoints": [
+                            {
+                                "address": str(ep.address),
+                                "identity": ep.identity,
+                                "labels": dict(ep.labels),
+                            }
+                            for ep in svc.endpoints
+                        ],
+                    }
+                    for svc in cfg.outbound.services
+                },
+            }
+        return out
+
+
+def _fmt(addr: tuple[str, int] | None) -> str | None:
+    return None if addr is None else f"{addr[0]}:{addr[1]}"
+
+
+def _take(
+    given: dict[str, socket.socket], key: str, address: Address, reuse_port: bool
+) -> socket.socket:
+    """The pre-bound socket for ``key`` if one was handed in, else a new one."""
+    sock = given.pop(key, None)
+    return sock if sock is not None else _bind(address, reuse_port)
+
+
+def _bind(address: Address, reuse_port: bool) -> socket.socket:
+    """A listening socket; ConfigError (not a traceback) when the port is taken."""
+    try:
+        return socket.create_server(
+            (address.host, address.port),
+            backlog=1024,
+            reuse_port=reuse_port,
+            family=socket.AF_INET6 if ":" in address.host else socket.AF_INET,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+async def _peek_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int | None:
+    """The first byte the peer sent, without consuming it; None on EOF."""
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(sock.fileno())
+    with contextlib.suppress(BlockingIOError):
+        first = sock.recv(1, socket.MSG_PEEK)
+        return first[0] if first else None
+    return None
