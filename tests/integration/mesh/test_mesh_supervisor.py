@@ -1,0 +1,111 @@
+"""Process supervision with real processes: restart with backoff, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshlet.config.mesh import Restart
+from meshlet.errors import ConfigError
+from meshlet.mesh.supervisor import Backoff, ProcessSpec, Supervised
+
+pytestmark = pytest.mark.integration
+
+
+def _spec(tmp_path: Path, argv: list[str], restart: Restart = "on-failure") -> ProcessSpec:
+    return ProcessSpec(
+        name="p",
+        argv=tuple(argv),
+        env=dict(os.environ),
+        cwd=tmp_path,
+        log_path=tmp_path / "p.log",
+        restart=restart,
+    )
+
+
+def _gone(pid: int) -> bool:
+    """Dead or a zombie waiting for a reaper (a container's PID 1 may never reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+async def test_crashing_process_is_restarted_with_backoff(tmp_path: Path) -> None:
+    events: list[str] = []
+    third = asyncio.Event()
+
+    def record(message: str) -> None:
+        events.append(message)
+        if sum("restarting" in e for e in events) >= 4:
+            third.set()
+
+    p = Supervised(
+        _spec(tmp_path, ["sh", "-c", "echo started; exit 3"]),
+        on_event=record,
+        backoff=Backoff(base_s=0.05, cap_s=0.2),
+    )
+    await p.spawn()
+    task = asyncio.create_task(p.supervise())
+    await asyncio.wait_for(third.wait(), 10)
+    await p.stop(1.0)
+    await asyncio.wait_for(task, 5)
+    assert (tmp_path / "p.log").read_text().count("started") >= 4
+    assert "exited with status 3" in events[0]
+    assert "restarting in 0.1s" in events[1]  # doubled from 0.05
+
+
+async def test_clean_exit_is_not_restarted_on_failure_policy(tmp_path: Path) -> None:
+    events: list[str] = []
+    p = Supervised(_spec(tmp_path, ["true"]), on_event=events.append)
+    await p.spawn()
+    await asyncio.wait_for(p.supervise(), 5)
+    assert p.restarts == 0
+    assert "exited with status 0 (restart: on-failure)" in events[0]
+
+
+async def test_command_that_cannot_start_says_so(tmp_path: Path) -> None:
+    p = Supervised(_spec(tmp_path, ["/nonexistent/model-server", "--port", "1"]))
+    with pytest.raises(ConfigError, match=r"p: cannot start '/nonexistent/model-server'.*No such"):
+        await p.spawn()
+
+
+async def test_stop_leaves_no_orphans_even_when_sigterm_is_ignored(tmp_path: Path) -> None:
+    lines: list[str] = []
+    got_line = asyncio.Event()
+    script = (
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+        "print('child', child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        got_line.set()
+
+    p = Supervised(
+        _spec(tmp_path, [sys.executable, "-c", script], restart="always"),
+        on_line=on_line,
+        on_event=lambda _m: None,
+    )
+    await p.spawn()
+    await asyncio.wait_for(got_line.wait(), 10)
+    child = int(lines[0].split()[1])
+    leader = p.pid
+    assert leader is not None
+    assert not _gone(child)
+    await asyncio.wait_for(p.stop(grace_s=0.3), 10)
+    for _ in range(250):  # up to 5 s for the kernel to finish the kills
+        if _gone(child) and _gone(leader):
+            break
+        await asyncio.sleep(0.02)
+    assert _gone(child), "the grandchild survived"
+    assert _gone(leader)
