@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from meshlet.errors import IdentityError
@@ -147,7 +147,9 @@ def test_sign_csr_returns_leaf_then_issuer(ca: CertificateAuthority) -> None:
     assert key.public_key() == chain[0].public_key()
 
 
-def _csr_with(key: ec.EllipticCurvePrivateKey, names: list[x509.GeneralName]) -> bytes:
+def _csr_with(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, names: list[x509.GeneralName]
+) -> bytes:
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -256,3 +258,62 @@ def test_rotate_root_keeps_old_svids_valid(tmp_path: Path) -> None:
     assert len(retired.roots) == 1
     with pytest.raises(IdentityError, match="does not chain"):
         verify_chain(load_pem_certificates(old.cert_chain_pem), retired.roots, now=NOW + 200)
+
+
+def test_sign_csr_accepts_rsa_2048_and_refuses_small_rsa_and_ed25519(
+    ca: CertificateAuthority,
+) -> None:
+    uri = [x509.UniformResourceIdentifier(str(WEB))]
+    big = rsa.generate_private_key(65537, 2048)
+    issued = ca.sign_csr_svid(_csr_with(big, uri), proven_id=WEB, now=NOW)
+    assert load_pem_certificates(issued.cert_chain_pem)[0].public_key() == big.public_key()
+    assert issued.key_pem == b""
+    assert issued.not_after - NOW == pytest.approx(86400.0)
+    with pytest.raises(IdentityError, match="key is with the workload"):
+        issued.to_credential()
+    small = rsa.generate_private_key(65537, 1024)
+    with pytest.raises(IdentityError, match="too small"):
+        ca.sign_csr(_csr_with(small, uri), proven_id=WEB, now=NOW)
+    edwards = ed25519.Ed25519PrivateKey.generate()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName(uri), critical=False)
+        .sign(edwards, None)
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with pytest.raises(IdentityError, match="not accepted"):
+        ca.sign_csr(csr, proven_id=WEB, now=NOW)
+
+
+def test_ttl_below_a_minute_is_refused(ca: CertificateAuthority) -> None:
+    with pytest.raises(IdentityError, match="at least 60"):
+        ca.issue(WEB, now=NOW, ttl_s=30)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        pytest.param(lambda d: (d / "ca.json").write_text("{"), "unreadable", id="bad-json"),
+        pytest.param(
+            lambda d: (d / "ca.json").write_text('{"format": 9}'), "unknown CA format", id="format"
+        ),
+        pytest.param(lambda d: (d / "issuer-cert.pem").unlink(), "missing", id="no-issuer"),
+        pytest.param(
+            lambda d: (d / "issuer-key.pem").write_bytes((d / "root-key.pem").read_bytes()),
+            "does not match",
+            id="swapped-key",
+        ),
+        pytest.param(
+            lambda d: (d / "bundle.pem").write_bytes((d / "issuer-cert.pem").read_bytes()),
+            "does not contain the current root",
+            id="bundle-without-root",
+        ),
+    ],
+)
+def test_load_refuses_a_damaged_ca(tmp_path: Path, damage: object, reason: str) -> None:
+    CertificateAuthority.init(tmp_path, TD, now=NOW)
+    assert callable(damage)
+    damage(tmp_path)
+    with pytest.raises(IdentityError, match=reason):
+        CertificateAuthority.load(tmp_path)
