@@ -263,7 +263,7 @@ def test_rotate_root_keeps_old_svids_valid(tmp_path: Path) -> None:
 def test_sign_csr_accepts_rsa_2048_and_refuses_small_rsa_and_ed25519(
     ca: CertificateAuthority,
 ) -> None:
-    uri = [x509.UniformResourceIdentifier(str(WEB))]
+    uri: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(WEB))]
     big = rsa.generate_private_key(65537, 2048)
     issued = ca.sign_csr_svid(_csr_with(big, uri), proven_id=WEB, now=NOW)
     assert load_pem_certificates(issued.cert_chain_pem)[0].public_key() == big.public_key()
