@@ -2,7 +2,7 @@
 
 Argument parsing only; the work is in ``meshlet.identity``. Other tools script
 against these names, so they are a contract: ``init``, ``issue``, ``token``,
-``inspect``, ``rotate-root``.
+``inspect``, ``rotate-root`` (plus ``retire-roots`` to finish a rotation).
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     rotate = sub.add_parser("rotate-root", help="add a new root beside the old one")
     rotate.add_argument("--dir", required=True, type=Path, help="CA directory")
     rotate.set_defaults(handler=_rotate_root)
+
+    retire = sub.add_parser(
+        "retire-roots", help="drop every root but the current one (after a rotation)"
+    )
+    retire.add_argument("--dir", required=True, type=Path, help="CA directory")
+    retire.set_defaults(handler=_retire_roots)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -155,6 +161,16 @@ def _rotate_root(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.load(args.dir).rotate_root(now=_now())
     print(f"added root {key_id(ca.roots[-1])}; the bundle now holds {len(ca.roots)} roots")
     print("new SVIDs chain to the new root; old ones stay valid until they expire")
+    return 0
+
+
+def _retire_roots(args: argparse.Namespace) -> int:
+    from meshlet.identity.ca import CertificateAuthority
+
+    before = CertificateAuthority.load(args.dir)
+    dropped = len(before.roots) - 1
+    before.retire_roots()
+    print(f"dropped {dropped} old root(s); SVIDs that chain to them no longer verify")
     return 0
 
 

@@ -128,6 +128,13 @@ def test_rotate_root_keeps_old_svids_verifying(tmp_path: Path) -> None:
     for name in ("old", "new"):
         check = meshlet("ca", "inspect", tmp_path / name / "cert.pem", "--bundle", d / "bundle.pem")
         assert check.returncode == 0, (name, check.stdout)
+    retired = meshlet("ca", "retire-roots", "--dir", d)
+    assert retired.returncode == 0, retired.stderr
+    assert "dropped 1 old root" in retired.stdout
+    old = meshlet("ca", "inspect", tmp_path / "old" / "cert.pem", "--bundle", d / "bundle.pem")
+    assert old.returncode == 1
+    new = meshlet("ca", "inspect", tmp_path / "new" / "cert.pem", "--bundle", d / "bundle.pem")
+    assert new.returncode == 0
 
 
 @pytest.mark.parametrize(
