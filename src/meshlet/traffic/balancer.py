@@ -231,8 +231,10 @@ class P2CEwma(EndpointPicker):
         if status in _GATEWAY_ERRORS:
             # A fast failure must not make a broken replica look fast.
             latency_s = max(latency_s, 2 * est, DEFAULT_RTT_S)
-        if latency_s > est:
-            stats.ewma_s = latency_s  # peak-sensitive: slowness is believed at once
+        if stats.stamp is None or latency_s > est:
+            # The first measurement replaces the prior; after that the estimate is
+            # peak-sensitive: slowness is believed at once, speed only gradually.
+            stats.ewma_s = latency_s
         else:
             w = math.exp(-max(0.0, now - (stats.stamp or now)) / self.decay_s)
             stats.ewma_s = est * w + latency_s * (1 - w)
