@@ -32,7 +32,8 @@ from meshlet.config.bootstrap import Address, BootstrapConfig
 
 logger = logging.getLogger(__name__)
 
-# What one worker needs: its pre-bound sockets keyed "inbound", "outbound", "admin".
+# What one worker needs: its pre-bound sockets keyed "inbound", "outbound",
+# "tcp:<service>" (opaque outbound services) and "admin".
 WorkerSockets = dict[str, socket.socket]
 ServeFn = Callable[[int, WorkerSockets], int]
 
@@ -85,6 +86,10 @@ def plan_sockets(config: BootstrapConfig, count: int) -> list[WorkerSockets]:
         listeners.append(("inbound", bind_reuseport(config.inbound.listen, count)))
     if config.outbound is not None:
         listeners.append(("outbound", bind_reuseport(config.outbound.listen, count)))
+        for service in config.outbound.services:
+            if service.protocol == "tcp" and service.listen is not None:
+                socks = bind_reuseport(service.listen, count)
+                listeners.append((f"tcp:{service.name}", socks))
     if config.admin is not None:
         listeners.append(("admin", bind_admin(config.admin, count)))
     for name, socks in listeners:

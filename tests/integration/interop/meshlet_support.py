@@ -15,7 +15,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,16 @@ def client_context(files: IdentityFiles) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(str(files.cert), str(files.key))
     return ctx
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = STEP_TIMEOUT_S) -> None:
+    """Poll ``predicate`` every 10 ms until true; fail after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------- local apps
@@ -191,9 +201,16 @@ class ProxyProcess:
 
 async def start_proxy(config_path: Path, *, workers: int = 1) -> ProxyProcess:
     """Start ``meshlet proxy`` and wait for every worker's ready line."""
-    cmd = [PYTHON, "-m", "meshlet", "proxy", "--config", str(config_path)]
-    if workers != 1:
-        cmd += ["--workers", str(workers)]
+    if (REPO / "src" / "meshlet" / "cli" / "proxy.py").exists():
+        cmd = [PYTHON, "-m", "meshlet", "proxy", "--config", str(config_path)]
+        if workers != 1:
+            cmd += ["--workers", str(workers)]
+    else:  # the CLI module is not in this checkout yet: call the runner directly
+        code = (
+            "import sys; from meshlet.proxy.runner import run_proxy; "
+            f"sys.exit(run_proxy({str(config_path)!r}, workers={workers}))"
+        )
+        cmd = [PYTHON, "-c", code]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = await asyncio.create_subprocess_exec(
         *cmd,
@@ -242,10 +259,9 @@ async def http_get(
     async def go() -> tuple[int, dict[str, str], bytes]:
         reader, writer = await asyncio.open_connection(host, port, ssl=ssl_ctx)
         try:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}connection: close\r\n\r\n".encode()
-            )
+            fields = {"host": host, **(headers or {}), "connection": "close"}
+            extra = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+            writer.write(f"GET {path} HTTP/1.1\r\n{extra}\r\n".encode())
             await writer.drain()
             raw = await reader.read(-1)
         finally:

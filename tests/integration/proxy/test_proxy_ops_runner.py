@@ -1,0 +1,186 @@
+"""A real ``meshlet proxy`` process: admin endpoints, SIGTERM drain, workers.
+
+One process is both sidecars here: its outbound service points at its own
+inbound listener with its own SPIFFE ID as the expected identity, so a request
+takes the full path app -> outbound -> mTLS -> inbound -> app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.interop.meshlet_support import (
+    STEP_TIMEOUT_S,
+    EchoApp,
+    client_context,
+    echo_app,
+    http_get,
+    identity_block,
+    issue,
+    make_ca,
+    running_proxy,
+    spiffe,
+    wait_until,
+    write_bootstrap,
+)
+
+from meshlet.config.bootstrap import IdentityFiles
+
+pytestmark = pytest.mark.integration
+
+WORKLOAD_ID = spiffe("ml", "inference")
+CLIENT_ID = spiffe("apps", "client")
+
+
+def _config(files: IdentityFiles, app: EchoApp, **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "identity": identity_block(files),
+        "admin": "127.0.0.1:0",
+        "workload": {"name": "inference", "namespace": "ml"},
+        "inbound": {"listen": "127.0.0.1:0", "app": f"127.0.0.1:{app.port}", "mtls": "STRICT"},
+        "timeouts": {"drain_s": 5.0},
+    }
+    config.update(extra)
+    return config
+
+
+def _self_loop(config: dict[str, Any], inbound_port: int) -> dict[str, Any]:
+    """Outbound service 'inference' -> this proxy's own inbound port."""
+    config = dict(config)
+    config["outbound"] = {
+        "listen": "127.0.0.1:0",
+        "services": {
+            "inference": {
+                "endpoints": [{"address": f"127.0.0.1:{inbound_port}", "identity": WORKLOAD_ID}]
+            }
+        },
+    }
+    return config
+
+
+async def test_admin_endpoints_report_a_real_proxy(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    files = issue(ca, tmp_path / "id", WORKLOAD_ID)
+    client = issue(ca, tmp_path / "client", CLIENT_ID)
+    async with echo_app() as app:
+        path = write_bootstrap(tmp_path / "proxy.yaml", _config(files, app))
+        async with running_proxy(path) as proxy:
+            admin = proxy.address("admin")
+            inbound = proxy.address("inbound")
+            status, _, body = await http_get(*admin, "/ready")
+            assert (status, body) == (200, b"LIVE\n")
+            assert (await http_get(*admin, "/live"))[0] == 200
+
+            status, _, _ = await http_get(*inbound, "/hello", ssl_ctx=client_context(client))
+            assert status == 200
+
+            status, headers, body = await http_get(*admin, "/stats/prometheus")
+            assert status == 200
+            assert headers["content-type"].startswith("text/plain; version=0.0.4")
+            text = body.decode()
+            assert "istio_requests_total{" in text
+            assert f'source_principal="{CLIENT_ID}"' in text
+            assert f'destination_principal="{WORKLOAD_ID}"' in text
+            assert 'response_code="200"' in text
+            assert "meshlet_process_resident_memory_bytes" in text
+
+            status, _, body = await http_get(*admin, "/config_dump")
+            assert status == 200
+            dump = json.loads(body)
+            assert dump["identity"]["spiffe_id"] == WORKLOAD_ID
+            assert b"PRIVATE KEY" not in body
+            assert (tmp_path / "id" / "key.pem").read_bytes()[:200] not in body
+
+            status, _, body = await http_get(*admin, "/certs")
+            (cert,) = json.loads(body)["certificates"]
+            assert cert["spiffe_id"] == WORKLOAD_ID
+            assert 3000 < cert["seconds_to_expiry"] <= 3600
+            assert cert["serial"]
+
+            assert (await http_get(*admin, "/nope"))[0] == 404
+            assert await proxy.stop() == 0
+
+
+async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    files = issue(ca, tmp_path / "id", WORKLOAD_ID)
+    async with echo_app() as app:
+        # First start learns the inbound port; the outbound then loops back to it.
+        base = _config(files, app)
+        path = write_bootstrap(tmp_path / "proxy.yaml", base)
+        async with running_proxy(path) as probe:
+            inbound_port = probe.address("inbound")[1]
+            await probe.stop()
+        base["inbound"]["listen"] = f"127.0.0.1:{inbound_port}"
+        path = write_bootstrap(tmp_path / "proxy.yaml", _self_loop(base, inbound_port))
+        async with running_proxy(path) as proxy:
+            outbound = proxy.address("outbound")
+            slow = asyncio.create_task(
+                http_get(*outbound, "/slow?ms=1500", headers={"host": "inference"})
+            )
+            # Wait until the app holds the request, then ask the proxy to stop.
+            await wait_until(lambda: bool(app.headers_seen))
+            proxy.process.send_signal(signal.SIGTERM)
+            status, _, body = await slow
+            assert status == 200, body
+            assert json.loads(body)["path"] == "/slow?ms=1500"
+            assert await asyncio.wait_for(proxy.process.wait(), STEP_TIMEOUT_S) == 0
+        with pytest.raises(ConnectionRefusedError):
+            await http_get(*outbound, "/", headers={"host": "inference"})
+
+
+async def test_drain_deadline_cuts_requests_that_take_too_long(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    files = issue(ca, tmp_path / "id", WORKLOAD_ID)
+    client = issue(ca, tmp_path / "client", CLIENT_ID)
+    async with echo_app() as app:
+        config = _config(files, app, timeouts={"drain_s": 0.3})
+        path = write_bootstrap(tmp_path / "proxy.yaml", config)
+        async with running_proxy(path) as proxy:
+            inbound = proxy.address("inbound")
+            slow = asyncio.create_task(
+                http_get(*inbound, "/slow?ms=5000", ssl_ctx=client_context(client))
+            )
+            await wait_until(lambda: bool(app.headers_seen))
+            started = asyncio.get_running_loop().time()
+            assert await proxy.stop() == 0
+            assert asyncio.get_running_loop().time() - started < 3.0  # not the 5 s request
+            with pytest.raises((ConnectionError, ssl.SSLError, ValueError, IndexError)):
+                await slow  # cut: no complete response
+
+
+async def test_two_workers_both_serve(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    files = issue(ca, tmp_path / "id", WORKLOAD_ID)
+    client = issue(ca, tmp_path / "client", CLIENT_ID)
+    ctx = client_context(client)
+    async with echo_app() as app:
+        path = write_bootstrap(tmp_path / "proxy.yaml", _config(files, app))
+        async with running_proxy(path, workers=2) as proxy:
+            assert {r["worker"] for r in proxy.ready} == {0, 1}
+            assert proxy.address("inbound", 0) == proxy.address("inbound", 1)
+            assert proxy.address("admin", 0) != proxy.address("admin", 1)
+            inbound = proxy.address("inbound")
+            for _ in range(40):  # 40 new connections: both sockets get some
+                assert (await http_get(*inbound, "/w", ssl_ctx=ctx))[0] == 200
+            counts = []
+            for worker in (0, 1):
+                _, _, body = await http_get(*proxy.address("admin", worker), "/stats/prometheus")
+                counts.append(_requests_total(body.decode()))
+            assert sum(counts) == 40
+            assert min(counts) > 0, counts
+            assert await proxy.stop() == 0
+
+
+def _requests_total(text: str) -> int:
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("istio_requests_total{")
+    )
