@@ -1,0 +1,279 @@
+"""A tamper-evident audit log: hash-chained JSON lines, written off the request path.
+
+Each line is one JSON object carrying ``seq`` (counting from 0 over the whole
+chain), ``prev`` (the previous line's ``hash``, 64 zeros for the first line
+ever) and ``hash``: SHA-256 over the line's compact JSON without the ``hash``
+key. Editing a line breaks its own hash; deleting or reordering lines breaks the
+next line's ``prev`` and ``seq``. ``verify`` names the first broken line.
+
+Without a secret the chain cannot prove that lines were not cut from the *end*
+of the newest file; ship the log off the machine (or anchor the latest hash
+elsewhere) where that matters.
+
+Requests only append a dict to a list. A writer thread serializes, hashes and
+writes whole batches, flushing on size or interval; ``close`` (and interpreter
+exit) drain everything, so a clean SIGTERM shutdown loses nothing. Size-based
+rotation renames ``audit.log`` to ``audit.log.1`` (and so on) and the chain
+simply continues in the new file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshlet.clock import Clock
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+# 64 MiB per file and 5 old files: a day of heavy denial traffic, bounded disk.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_BACKUPS = 5
+# Flush at least every 200 ms so `tail -f` and a crash lose little; batches of
+# up to 4096 records keep syscalls rare under load.
+DEFAULT_FLUSH_INTERVAL_S = 0.2
+DEFAULT_BATCH = 4096
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=str).encode
+
+
+def _line_hash(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def seal(record: Mapping[str, Any], *, seq: int, prev: str) -> tuple[str, str]:
+    """The chained line for ``record`` (no newline) and its hash."""
+    body_obj = {**record, "seq": seq, "prev": prev}
+    body = _dumps(body_obj)
+    digest = _line_hash(body)
+    return f'{body[:-1]},"hash":"{digest}"}}', digest
+
+
+def rotated_files(path: str | Path) -> list[Path]:
+    """``path`` and its rotated siblings, oldest first: the order to verify in."""
+    p = Path(path)
+    numbered = []
+    for sibling in p.parent.glob(p.name + ".*"):
+        suffix = sibling.name[len(p.name) + 1 :]
+        if suffix.isdigit():
+            numbered.append((int(suffix), sibling))
+    return [s for _, s in sorted(numbered, reverse=True)] + ([p] if p.exists() else [])
+
+
+def _last_line(path: Path) -> bytes | None:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+    except FileNotFoundError:
+        return None
+    lines = [line for line in tail.split(b"\n") if line.strip()]
+    return lines[-1] if lines else None
+
+
+class AuditLog:
+    """The writer. ``record`` is safe from any thread and never blocks on disk."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        backups: int = DEFAULT_BACKUPS,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        batch: int = DEFAULT_BATCH,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._interval = flush_interval_s
+        self._batch = batch
+        self._pending: list[Mapping[str, Any]] = []
+        self._cond = threading.Condition()
+        self._written = 0  # records handed to the OS, for flush()
+        self._queued = 0
+        self._closed = False
+        self._seq, self._prev = self._resume()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("ab")
+        self._size = self._file.tell()
+        self._thread = threading.Thread(target=self._run, name="meshlet-audit", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def _resume(self) -> tuple[int, str]:
+        """Continue the chain of an existing log (restart, or after rotation)."""
+        for candidate in reversed(rotated_files(self.path)):
+            last = _last_line(candidate)
+            if last is None:
+                continue
+            try:
+                obj = json.loads(last)
+                return int(obj["seq"]) + 1, str(obj["hash"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("audit_log_tail_unreadable", extra={"path": str(candidate)})
+                return 0, GENESIS
+        return 0, GENESIS
+
+    def record(self, event: Mapping[str, Any]) -> None:
+        """Queue one event; ``time`` (wall clock, seconds) is added if absent."""
+        if "time" not in event:
+            event = {"time": round(self._clock.wall(), 6), **event}
+        with self._cond:
+            if self._closed:
+                raise ValueError("audit log is closed")
+            self._pending.append(event)
+            self._queued += 1
+            if len(self._pending) >= self._batch:
+                self._cond.notify()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Block until everything queued so far is written; False on timeout."""
+        with self._cond:
+            target = self._queued
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._written >= target, timeout=timeout_s)
+
+    def close(self) -> None:
+        """Drain, fsync and stop; idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        atexit.unregister(self.close)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending and not self._closed:
+                    self._cond.wait(self._interval)
+                batch, self._pending = self._pending, []
+                closing = self._closed
+            if batch:
+                self._write(batch)
+            with self._cond:
+                self._written += len(batch)
+                self._cond.notify_all()
+            if closing and not batch:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                return
+
+    def _write(self, batch: Sequence[Mapping[str, Any]]) -> None:
+        chunks: list[bytes] = []
+        size = self._size
+        for event in batch:
+            line, self._prev = seal(event, seq=self._seq, prev=self._prev)
+            data = line.encode() + b"\n"
+            self._seq += 1
+            if size + len(data) > self._max_bytes and size > 0:
+                self._file.write(b"".join(chunks))
+                chunks = []
+                self._rotate()
+                size = 0
+            chunks.append(data)
+            size += len(data)
+        self._file.write(b"".join(chunks))
+        self._file.flush()
+        self._size = size
+
+    def _rotate(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        for n in range(self._backups, 0, -1):
+            older = Path(f"{self.path}.{n}")
+            if n == self._backups:
+                older.unlink(missing_ok=True)
+            elif older.exists():
+                older.rename(f"{self.path}.{n + 1}")
+        if self._backups > 0:
+            self.path.rename(f"{self.path}.1")
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = self.path.open("ab")
+        log.info("audit_log_rotated", extra={"path": str(self.path)})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyResult:
+    ok: bool
+    lines: int  # lines checked
+    from_genesis: bool  # the first line checked is the first line ever written
+    file: str | None = None  # where the first problem is
+    line: int | None = None  # 1-based line number in ``file``
+    reason: str = ""
+
+
+def verify(paths: str | Path | Iterable[str | Path]) -> VerifyResult:
+    """Check the chain across ``paths`` (oldest first); stop at the first break."""
+    files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    prev: str | None = None
+    seq: int | None = None
+    genesis: bool | None = None
+    count = 0
+    for file in files:
+        try:
+            handle = file.open("rb")
+        except OSError as exc:
+            return VerifyResult(
+                ok=False,
+                lines=count,
+                from_genesis=bool(genesis),
+                file=str(file),
+                line=None,
+                reason=f"cannot read: {exc}",
+            )
+        with handle:
+            for number, raw in enumerate(handle, start=1):
+                problem, obj = _check_line(raw, prev, seq)
+                if problem:
+                    return VerifyResult(
+                        ok=False,
+                        lines=count,
+                        from_genesis=bool(genesis),
+                        file=str(file),
+                        line=number,
+                        reason=problem,
+                    )
+                if genesis is None:
+                    genesis = obj["prev"] == GENESIS and obj["seq"] == 0
+                prev, seq = obj["hash"], obj["seq"]
+                count += 1
+    return VerifyResult(ok=True, lines=count, from_genesis=bool(genesis))
+
+
+def _check_line(raw: bytes, prev: str | None, seq: int | None) -> tuple[str, dict[str, Any]]:
+    if not raw.endswith(b"\n"):
+        return "truncated line (no newline)", {}
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return "not valid JSON", {}
+    if not isinstance(obj, dict) or not {"hash", "prev", "seq"} <= obj.keys():
+        return "missing seq/prev/hash", {}
+    claimed = obj.pop("hash")
+    if _line_hash(_dumps(obj)) != claimed:
+        return "hash mismatch: the line was edited", obj
+    obj["hash"] = claimed
+    if prev is not None and obj["prev"] != prev:
+        return "prev does not match the previous line's hash: lines removed or reordered", obj
+    if seq is not None and obj["seq"] != seq + 1:
+        return f"seq {obj['seq']} follows {seq}: lines removed or reordered", obj
+    return "", obj
