@@ -252,7 +252,7 @@ def parse_mesh(doc: Document) -> MeshConfig:
     if not isinstance(doc.data, dict):
         raise ConfigError(doc.problem((), "mesh.yaml must be a mapping"))
     schema = validate_document(_MeshSchema, doc)
-    source = Path(doc.file)
+    source = Path(doc.file).absolute()  # processes run in other directories
     base = source.parent if not doc.file.startswith("<") else Path.cwd()
     check = _Checker(doc, base)
     if not _TRUST_DOMAIN.match(schema.trust_domain):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -45,7 +46,8 @@ def inactive_features(runner: MeshRunner) -> list[str]:
 
 
 async def run_up(path: Path, *, console: Console | None = None) -> int:
-    console = console or Console()
+    # Not a terminal (a log, a test): wide enough that addresses are never cut.
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     errors = Console(stderr=True)
     config = load_mesh(path)  # every problem at once, nothing started
     runner = MeshRunner(

@@ -1,0 +1,200 @@
+"""``meshlet up`` end to end: real sidecars, real mTLS, real workloads, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+UP_TIMEOUT_S = 60.0
+
+MESH = """\
+trust_domain: cluster.local
+services:
+  inference:
+    namespace: ml
+    workloads:
+      - command: >-
+          {python} -m meshlet.workloads.inference --port {port} --backend numpy
+          --instance {name} --model-version v1
+        replicas: 2
+        readiness: /v2/health/ready
+        labels: {version: v1}
+clients:
+  frontend:
+    namespace: web
+    command: ["{python}", "-c", "import time; print('frontend up', flush=True); time.sleep(600)"]
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+class Mesh:
+    def __init__(self, directory: Path, text: str) -> None:
+        self.dir = directory
+        (directory / "mesh.yaml").write_text(text)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
+            cwd=directory,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.output: list[str] = []
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"meshlet up exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+            self.output.append(line)
+            if "mesh is up" in line:
+                return
+        raise AssertionError("meshlet up did not come up")
+
+    def state(self) -> dict:  # type: ignore[type-arg]
+        return json.loads((self.dir / ".meshlet" / "mesh.json").read_text())
+
+    def replica(self, name: str) -> dict:  # type: ignore[type-arg]
+        return next(r for r in self.state()["replicas"] if r["name"] == name)
+
+    def pids(self) -> list[int]:
+        return [p for r in self.state()["replicas"] for p in (r["sidecar_pid"], r["app_pid"]) if p]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    m = Mesh(tmp_path, MESH)
+    yield m
+    m.stop()
+
+
+def test_up_serves_over_mtls_and_stops_with_no_orphans(mesh: Mesh) -> None:
+    table = "".join(mesh.output)
+    assert "spiffe://cluster.local/ns/ml/sa/inference" in table
+    assert "spiffe://cluster.local/ns/web/sa/frontend" in table
+    frontend = mesh.replica("frontend-0")
+    proxy = f"http://{frontend['outbound']}"
+    seen = set()
+    with httpx.Client(proxy=proxy, timeout=10.0) as client:
+        for _ in range(8):
+            r = client.get("http://inference/v2/health/ready")
+            assert r.status_code == 200
+            assert r.headers["x-model-version"] == "v1"
+            seen.add(r.headers["x-served-by"])
+    assert seen
+    assert seen <= {"resnet-small-v1@inference-0", "resnet-small-v1@inference-1"}
+    # STRICT: the inbound listener refuses plaintext.
+    host, port = mesh.replica("inference-0")["inbound"].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            answer = s.recv(100)
+        except ConnectionResetError:
+            answer = b""
+    assert not answer.startswith(b"HTTP/1.1 200")
+    pids = mesh.pids()
+    assert len(pids) == 6
+    assert mesh.stop() == 0
+    for _ in range(100):
+        if all(_gone(p) for p in pids):
+            break
+        time.sleep(0.05)
+    assert [p for p in pids if not _gone(p)] == []
+    assert not (mesh.dir / ".meshlet" / "mesh.json").exists()
+
+
+def test_killed_sidecar_is_restarted_and_serves_again(mesh: Mesh) -> None:
+    before = mesh.replica("inference-0")
+    os.kill(before["sidecar_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    after = before
+    while time.monotonic() < deadline:
+        after = mesh.replica("inference-0")
+        if after["sidecar_pid"] not in (None, before["sidecar_pid"]) and after["admin"]:
+            break
+        time.sleep(0.1)
+    assert after["sidecar_pid"] not in (None, before["sidecar_pid"])
+    host, port = after["admin"].split(":")
+    with httpx.Client(timeout=5.0) as c:
+        for _ in range(50):
+            if c.get(f"http://{host}:{port}/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+    with httpx.Client(proxy=f"http://{mesh.replica('frontend-0')['outbound']}", timeout=10) as c:
+        assert all(c.get("http://inference/v2/health/live").status_code == 200 for _ in range(4))
+
+
+def test_second_up_on_the_same_state_dir_is_refused(mesh: Mesh) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
+        cwd=mesh.dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "a mesh is already running from here" in proc.stderr
+
+
+def test_bad_mesh_yaml_reports_every_problem_and_starts_nothing(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(
+        "services:\n  inference:\n    workloads:\n      - command: x {bogus}\n        replicas: 0\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "mesh.yaml:5: services.inference.workloads[0].replicas" in proc.stderr
+    assert not (tmp_path / ".meshlet").exists()
+
+
+def test_command_that_cannot_start_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(
+        "services:\n  svc:\n    workloads:\n      - command: /nonexistent/server --port {port}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "svc-0 app: cannot start '/nonexistent/server'" in proc.stderr
+    assert not (tmp_path / ".meshlet" / "mesh.json").exists()
