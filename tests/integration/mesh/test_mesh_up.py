@@ -71,7 +71,8 @@ class Mesh:
         raise AssertionError("meshlet up did not come up")
 
     def state(self) -> dict:  # type: ignore[type-arg]
-        return json.loads((self.dir / ".meshlet" / "mesh.json").read_text())
+        data: dict = json.loads((self.dir / ".meshlet" / "mesh.json").read_text())  # type: ignore[type-arg]
+        return data
 
     def replica(self, name: str) -> dict:  # type: ignore[type-arg]
         return next(r for r in self.state()["replicas"] if r["name"] == name)
