@@ -297,9 +297,11 @@ class ProxyServer:
                 await self._plain(loop, sock, listener)
                 return
         ctx = self._current().server
+        proto = DownstreamConnection(listener, mtls=True)
         try:
-            transport, proto = await loop.connect_accepted_socket(
-                lambda: DownstreamConnection(listener, mtls=True),
+            # uvloop returns its SSL wrapper as the protocol, so keep our own reference.
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: proto,
                 sock,
                 ssl=ctx,
                 ssl_handshake_timeout=timeout,

@@ -3,12 +3,14 @@ a sidecar pair (client -> outbound -> mTLS -> inbound -> app) on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.integration.proxy.proxy_app import AppStats, start_app
@@ -49,6 +51,13 @@ class Pki:
         out = self.tmp / name
         svid.write(out)
         return IdentityFiles(cert=out / "cert.pem", key=out / "key.pem", bundle=out / "bundle.pem")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Run proxy tests on uvloop, the loop the sidecar runs on in production."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
@@ -171,6 +180,9 @@ async def stop_pair(pair: Pair) -> None:
     await pair.inbound.close()
     server = pair._app_server  # type: ignore[attr-defined]
     server.close()
+    pair.app.close_all()
+    for _ in range(5):  # let every transport run connection_lost before the loop closes
+        await asyncio.sleep(0)
 
 
 @pytest.fixture

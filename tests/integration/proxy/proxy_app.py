@@ -32,6 +32,11 @@ class AppStats:
         self.connections = 0
         self.requests = 0
         self.open = 0
+        self.transports: set[asyncio.Transport] = set()
+
+    def close_all(self) -> None:
+        for t in list(self.transports):
+            t.abort()
 
 
 class _AppProtocol(asyncio.Protocol):
@@ -49,13 +54,15 @@ class _AppProtocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
         self.stats.connections += 1
         self.stats.open += 1
+        self.stats.transports.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.open -= 1
+        if self.transport is not None:
+            self.stats.transports.discard(self.transport)
         self.can_write.set()
         for t in self.tasks:
             t.cancel()
