@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meshlet {__version__}")
     parser.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging threshold for meshlet's own logs (default: WARNING)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
     try:
