@@ -158,12 +158,30 @@ class RequestAuthentication:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExtAuthzProvider:
+    """A CUSTOM action's external authorizer: Istio's MeshConfig
+    ``extensionProviders[].envoyExtAuthzHttp``, written as a meshlet.dev document
+    because meshlet has no MeshConfig."""
+
+    name: str
+    host: str
+    port: int
+    path_prefix: str = ""
+    timeout_s: float = 0.6  # Istio's default ext-authz timeout (600ms)
+    fail_open: bool = False  # Istio's default: fail closed
+    status_on_error: int = 403  # Envoy's default for an unreachable authorizer
+    include_request_headers: tuple[str, ...] = ()  # lowercase names sent to the authorizer
+    headers_to_upstream_on_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SecurityConfig:
     """Every security resource of a configuration, in load order."""
 
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     request_authentications: tuple[RequestAuthentication, ...] = ()
+    providers: tuple[ExtAuthzProvider, ...] = ()
 
 
 # ---------------------------------------------------------------- edge schemas
@@ -267,6 +285,21 @@ class _JwtRuleSchema(_Strict):
 class _RequestAuthnSpec(_Strict):
     selector: dict[str, Any] | None = None
     jwt_rules: list[_JwtRuleSchema] = []
+
+
+class _ExtAuthzHttp(_Strict):
+    service: StrictStr
+    port: int = Field(gt=0, lt=65536)
+    path_prefix: StrictStr = ""
+    timeout: StrictStr = "600ms"
+    fail_open: StrictBool = False
+    status_on_error: StrictStr = "403"
+    include_request_headers_in_check: Strs = []
+    headers_to_upstream_on_allow: Strs = []
+
+
+class _ProviderSpec(_Strict):
+    envoy_ext_authz_http: _ExtAuthzHttp
 
 
 def _validate(model: type[_Strict], resource: Resource) -> Any:
@@ -483,13 +516,7 @@ def _jwt_rule(check: _Checker, j: _JwtRuleSchema, path: tuple[str | int, ...]) -
         check.fail(path, "meshlet needs jwks or jwksUri (OpenID discovery is not supported)")
     if j.jwks_uri is not None and not j.jwks_uri.startswith(("https://", "http://", "file://")):
         check.fail((*path, "jwksUri"), "must be an http(s):// or file:// URI")
-    timeout_s = 5.0
-    if j.timeout is not None:
-        m = _DURATION.match(j.timeout)
-        if m is None:
-            check.fail((*path, "timeout"), f"must be a duration like 5s, got {j.timeout!r}")
-        else:
-            timeout_s = float(m.group(1)) * _DURATION_S[m.group(2)]
+    timeout_s = 5.0 if j.timeout is None else _duration_s(check, j.timeout, (*path, "timeout"))
     return JwtRule(
         issuer=j.issuer,
         audiences=tuple(j.audiences),
@@ -523,15 +550,52 @@ def _request_authn(resource: Resource) -> RequestAuthentication:
     )
 
 
+def _duration_s(check: _Checker, text: str, path: tuple[str | int, ...]) -> float:
+    m = _DURATION.match(text)
+    if m is None:
+        check.fail(path, f"must be a duration like 5s, got {text!r}")
+        return 0.0
+    return float(m.group(1)) * _DURATION_S[m.group(2)]
+
+
+def _provider(resource: Resource) -> ExtAuthzProvider:
+    http = _validate(_ProviderSpec, resource).envoy_ext_authz_http
+    check = _Checker(resource)
+    base = ("spec", "envoyExtAuthzHttp")
+    timeout_s = _duration_s(check, http.timeout, (*base, "timeout"))
+    if not http.status_on_error.isdigit() or not 400 <= int(http.status_on_error) <= 599:
+        check.fail((*base, "statusOnError"), "must be an HTTP error status")
+    if http.path_prefix and not http.path_prefix.startswith("/"):
+        check.fail((*base, "pathPrefix"), "must start with '/'")
+    check.done()
+    return ExtAuthzProvider(
+        name=resource.name,
+        host=http.service,
+        port=http.port,
+        path_prefix=http.path_prefix,
+        timeout_s=timeout_s,
+        fail_open=http.fail_open,
+        status_on_error=int(http.status_on_error),
+        include_request_headers=tuple(h.lower() for h in http.include_request_headers_in_check),
+        headers_to_upstream_on_allow=tuple(h.lower() for h in http.headers_to_upstream_on_allow),
+    )
+
+
 _LOADERS: dict[str, Callable[[Resource], object]] = {
     "AuthorizationPolicy": _authorization,
     "PeerAuthentication": _peer,
     "RequestAuthentication": _request_authn,
+    "ExtensionProvider": _provider,
 }
 
 
+MESHLET_GROUP = "meshlet.dev"
+
+
 def is_security_resource(resource: Resource) -> bool:
-    return resource.group == GROUP
+    return resource.group == GROUP or (
+        resource.group == MESHLET_GROUP and resource.kind == "ExtensionProvider"
+    )
 
 
 def load_security_resources(resources: Iterable[Resource]) -> SecurityConfig:
@@ -541,11 +605,16 @@ def load_security_resources(resources: Iterable[Resource]) -> SecurityConfig:
     peers: list[PeerAuthentication] = []
     authz: list[AuthorizationPolicy] = []
     authn: list[RequestAuthentication] = []
+    providers: list[ExtAuthzProvider] = []
     seen: set[tuple[str, str]] = set()
     for resource in resources:
         if not is_security_resource(resource):
             continue
-        if resource.version not in VERSIONS or resource.kind not in KINDS:
+        if resource.group == MESHLET_GROUP:
+            if resource.version != "v1alpha1":
+                problems.append(resource.problem(("apiVersion",), "use meshlet.dev/v1alpha1"))
+                continue
+        elif resource.version not in VERSIONS or resource.kind not in KINDS:
             problems.append(
                 resource.problem(
                     ("apiVersion",),
@@ -568,12 +637,15 @@ def load_security_resources(resources: Iterable[Resource]) -> SecurityConfig:
             authz.append(loaded)
         elif isinstance(loaded, RequestAuthentication):
             authn.append(loaded)
+        elif isinstance(loaded, ExtAuthzProvider):
+            providers.append(loaded)
     if problems:
         raise ConfigError(problems)
     return SecurityConfig(
         peer_authentications=tuple(peers),
         authorization_policies=tuple(authz),
         request_authentications=tuple(authn),
+        providers=tuple(providers),
     )
 
 
