@@ -199,3 +199,30 @@ def test_command_that_cannot_start_is_named_and_nothing_is_left(tmp_path: Path) 
     assert proc.returncode == 2
     assert "svc-0 app: cannot start '/nonexistent/server'" in proc.stderr
     assert not (tmp_path / ".meshlet" / "mesh.json").exists()
+
+
+def test_status_once_shows_golden_metrics_of_live_traffic(mesh: Mesh) -> None:
+    proxy = f"http://{mesh.replica('frontend-0')['outbound']}"
+    status = subprocess.Popen(
+        [sys.executable, "-m", "meshlet", "status", "--once", "--window", "3"],
+        cwd=mesh.dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    codes = []
+    with httpx.Client(proxy=proxy, timeout=10.0) as client:
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline and len(codes) < 2000:
+            codes.append(client.get("http://inference/v2/health/live").status_code)
+    out, err = status.communicate(timeout=30)
+    assert status.returncode == 0, err
+    assert set(codes) == {200}
+    inference = next(line for line in out.splitlines() if " inference " in line)
+    cells = [c.strip() for c in inference.split("│") if c.strip()]
+    # NAMESPACE WORKLOAD DIR MESHED SUCCESS RPS P50 P99 MTLS TOTAL
+    assert cells[:5] == ["ml", "inference", "inbound", "2/2", "100.00%"]
+    assert float(cells[5]) > 0
+    assert cells[6].endswith("ms")
+    assert cells[8] == "100.00%"
+    assert int(cells[9]) >= len(codes) - 5  # requests after the last scrape are not counted
