@@ -210,7 +210,7 @@ def test_status_once_shows_golden_metrics_of_live_traffic(mesh: Mesh) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    codes = []
+    codes: list[int] = []
     with httpx.Client(proxy=proxy, timeout=10.0) as client:
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline and len(codes) < 2000:
