@@ -160,16 +160,23 @@ class _Base:
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
 
-    def _guard_head(self, size: int) -> None:
-        """Bound the memory an unfinished head can take across feeds."""
+    def _guard_head(self, size: int, completed_before: int) -> None:
+        """Bound the memory an unfinished head can take across feeds.
+
+        llhttp does not say where in a feed a head began; when no message ended
+        in this feed, every byte of it belongs to the unfinished head, otherwise
+        only later feeds are counted (so the bound is the limit plus one read).
+        """
         if not self._in_head:
             self._head_raw = 0
-        elif self._head_started:
+            return
+        if self._head_started:
             self._head_started = False
+            self._head_raw = size if self.completed == completed_before else 0
         else:
             self._head_raw += size
-            if self._head_raw > self._limits.max_head_bytes:
-                raise RemoteProtocolError("message head too large", status_hint=431)
+        if self._head_raw > self._limits.max_head_bytes:
+            raise RemoteProtocolError("message head too large", status_hint=431)
 
 
 class HttptoolsRequestParser(_Base):
@@ -230,9 +237,10 @@ class HttptoolsRequestParser(_Base):
                 self._held += data
             return []
         events = self._events = []
+        completed = self.completed
         with self._errors:
             self._run(data)
-            self._guard_head(len(data))
+            self._guard_head(len(data), completed)
         return events
 
     def _run(self, data: bytes) -> None:
@@ -377,12 +385,13 @@ class HttptoolsResponseParser(_Base):
                 self.unsolicited = True
             return []
         events = self._events = []
+        completed = self.completed
         with self._errors:
             if self._head_only:
                 self._feed_head_only(data)
             else:
                 self._run(data)
-            self._guard_head(len(data))
+            self._guard_head(len(data), completed)
         return events
 
     def _run(self, data: bytes) -> None:
