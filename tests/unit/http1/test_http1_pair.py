@@ -29,9 +29,10 @@ class Link:
         self.step = step
 
     def _carry(self, codec: ClientCodec | ServerCodec, wire: bytes) -> list[Event]:
-        if not self.step:
-            return merge_data(codec.feed(wire)) if wire else []
         events: list[Event] = []
+        if not self.step:
+            events += codec.feed(wire) if wire else []
+            return merge_data(events)
         for start in range(0, len(wire), self.step):
             events += codec.feed(wire[start : start + self.step])
         return merge_data(events)
