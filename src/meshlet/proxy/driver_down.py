@@ -157,8 +157,9 @@ class DownstreamConnection(asyncio.Protocol):
                 self.protocol_error(rescues.rescue(400, "bad_request", "DPE", msg, close=True))
 
     def eof_received(self) -> bool:
-        # Keep the write side open while a response is owed (half-close).
-        return self.active is not None and self.tunnel is None
+        # Keep the write side open while a response is owed (half-close); TLS has
+        # no half-close in asyncio, so there the transport closes either way.
+        return self.active is not None and self.tunnel is None and not self.mtls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -107,9 +107,11 @@ async def test_certificate_from_another_ca_is_refused(pki: Pki, tmp_path: Path) 
 
         svid = rogue.issue(SpiffeId.parse(CLIENT_ID), now=time.time())
         svid.write(tmp_path / "rogue-client")
-        files = IdentityFiles(cert=tmp_path / "rogue-client/cert.pem",
-                              key=tmp_path / "rogue-client/key.pem",
-                              bundle=rogue_files.bundle)  # fmt: skip
+        files = IdentityFiles(
+            cert=tmp_path / "rogue-client/cert.pem",
+            key=tmp_path / "rogue-client/key.pem",
+            bundle=rogue_files.bundle,
+        )
         assert await _refused(pair.inbound_port, _client_ctx(files, files.bundle))
         assert pair.app.requests == 0
         assert pair.in_metrics.handshake_failures().get("bad_certificate", 0) >= 1
@@ -122,13 +124,24 @@ async def test_direct_mtls_client_sees_identity_and_tls13(pki: Pki) -> None:
     try:
         files = pki.files(CLIENT_ID, "direct")
         proc = await asyncio.create_subprocess_exec(
-            "openssl", "s_client", "-connect", f"127.0.0.1:{pair.inbound_port}",
-            "-cert", str(files.cert), "-cert_chain", str(files.cert), "-key", str(files.key),
-            "-CAfile", str(files.bundle),
-            "-quiet", "-ign_eof",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{pair.inbound_port}",
+            "-cert",
+            str(files.cert),
+            "-cert_chain",
+            str(files.cert),
+            "-key",
+            str(files.key),
+            "-CAfile",
+            str(files.bundle),
+            "-quiet",
+            "-ign_eof",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         out, err = await asyncio.wait_for(
             proc.communicate(
                 b"GET /headers HTTP/1.1\r\nhost: inference\r\nconnection: close\r\n\r\n"
@@ -149,8 +162,9 @@ async def test_plaintext_accepted_in_permissive_and_disable(pki: Pki, mode: Mtls
     pair = await start_pair(pki, mtls=mode)
     try:
         async with httpx.AsyncClient(timeout=T) as client:
-            r = await client.get(f"http://127.0.0.1:{pair.inbound_port}/headers",
-                                 headers={"host": "inference"})  # fmt: skip
+            r = await client.get(
+                f"http://127.0.0.1:{pair.inbound_port}/headers", headers={"host": "inference"}
+            )
         assert r.status_code == 200
         headers = dict(r.json()["headers"])
         assert "x-forwarded-client-cert" not in headers
