@@ -54,10 +54,11 @@ class _AppProtocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
+        t: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
+        self.transport = t
         self.stats.connections += 1
         self.stats.open += 1
-        self.stats.transports.add(transport)
+        self.stats.transports.add(t)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.open -= 1
