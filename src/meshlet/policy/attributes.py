@@ -60,9 +60,14 @@ class RequestAttributes:
     audiences: tuple[str, ...] = ()
     presenter: str | None = None
     claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    # Only for tools (``policy explain --source-namespace``) that have a
+    # namespace but no principal; the proxy always derives it from the principal.
+    namespace_override: str | None = None
 
     @property
     def source_namespace(self) -> str | None:
+        if self.namespace_override is not None:
+            return self.namespace_override
         return namespace_of(self.source_principal)
 
     @property
