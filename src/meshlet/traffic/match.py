@@ -169,25 +169,48 @@ def compile_match(m: RouteMatch) -> CompiledMatch:
     return CompiledMatch(tuple(preds), specificity(m), m)
 
 
-def first_segment(m: RouteMatch) -> str | None:
-    """The first path element every request this match accepts must have, or None
-    when it cannot be known (no path match, a regex, a prefix ending mid-element).
-    The route table indexes on it."""
+_REGEX_META = frozenset(".^$*+?{}[]\\|()")
+
+
+def _regex_literal_prefix(pattern: str) -> str:
+    """The literal text every full match of ``pattern`` starts with ("" if unknown)."""
+    if "|" in pattern:  # a top-level alternation could start anywhere
+        return ""
+    out: list[str] = []
+    for ch in pattern:
+        if ch in _REGEX_META:
+            if ch in "*?{" and out:
+                out.pop()  # the previous character is optional or repeated
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def index_key(m: RouteMatch) -> str:
+    """The deepest path prefix, cut at an element boundary, that every path this
+    match accepts starts with ("" = any path). The route table files entries under
+    it and, per request, looks up the deepest such prefix of the request path."""
     if m.uri is None or m.ignore_uri_case:
-        return None
+        return ""
     kind, value = m.uri.kind, m.uri.value
-    if not value.startswith("/"):
-        return None
-    rest = value[1:]
-    if kind is MatchKind.EXACT or kind is MatchKind.PATH_PREFIX:
-        seg = rest.split("/", 1)[0]
-        return seg if seg or kind is MatchKind.EXACT else None
-    if kind is MatchKind.PREFIX and "/" in rest:
-        return rest.split("/", 1)[0]
-    return None
+    if kind is MatchKind.EXACT:
+        return value if value.startswith("/") else ""
+    if kind is MatchKind.PATH_PREFIX:
+        return value.rstrip("/") if value.startswith("/") else ""
+    literal = (
+        value
+        if kind is MatchKind.PREFIX
+        else (_regex_literal_prefix(value) if kind is MatchKind.REGEX else "")
+    )
+    cut = literal.rfind("/")
+    return literal[:cut] if cut > 0 else ""
 
 
-def path_segment(path: str) -> str:
-    """The first path element of a request path (``/v2/models`` -> ``v2``)."""
-    end = path.find("/", 1)
-    return path[1:] if end < 0 else path[1:end]
+def path_prefixes(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/a/b/c", "/a/b", "/a"]``: deepest first, for ``index_key``."""
+    out = [path]
+    cut = path.rfind("/")
+    while cut > 0:
+        out.append(path[:cut])
+        cut = path.rfind("/", 0, cut)
+    return out

@@ -18,6 +18,7 @@ from meshlet.config.istio_networking import (
     BackendKind,
     Destination,
     HeaderOps,
+    LbAlgorithm,
     MatchKind,
     RetryPolicy,
     Route,
@@ -25,7 +26,7 @@ from meshlet.config.istio_networking import (
 )
 from meshlet.errors import NoRoute
 from meshlet.traffic.balancer import RandomSource, hash_key
-from meshlet.traffic.inference import InferenceTarget, pick_weighted, resolve
+from meshlet.traffic.inference import InferenceTarget, resolve
 from meshlet.traffic.loader import RoutingConfig
 from meshlet.traffic.match import CompiledMatch, RequestAttributes
 from meshlet.traffic.streaming import DEFAULT_STREAM_IDLE_S
@@ -34,22 +35,17 @@ from meshlet.traffic.table import HostIndex, RouteHit, RouteTable
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardPlan:
-    route: str  # route name; "" when the host has no routing config (default route)
-    route_source: str  # file:line of the route
+    """One request's decisions. Per-request fields are stored; per-route ones are
+    read through ``rule`` (the matched route, None for an unrouted host's default
+    route) so building a plan stays cheap on the hot path."""
+
+    rule: Route | None
     backend: Destination  # the cluster chosen: host, subset, port
-    backends: tuple[Destination, ...]  # every weighted backend of the route
     path: str  # after rewrite (query kept)
-    authority: str | None  # None: keep the Host header
-    request_headers: HeaderOps
-    response_headers: HeaderOps
-    timeout_s: float | None  # total, from the first byte sent to the last received
-    stream_idle_timeout_s: float | None
-    retries: RetryPolicy
-    fault_delay_s: float  # 0: no delay injected
-    fault_abort_status: int  # 0: no abort
-    mirrors: tuple[Destination, ...]  # clusters that get a fire-and-forget copy
-    max_request_body_bytes: int | None
-    hash_key: str | None
+    fault_delay_s: float = 0.0  # 0: no delay injected
+    fault_abort_status: int = 0  # 0: no abort
+    mirrors: tuple[Destination, ...] = ()  # clusters that get a fire-and-forget copy
+    hash_key: str | None = None
     policy: TrafficPolicy  # the DestinationRule policy of the chosen backend/subset
     inference: InferenceTarget | None = None
 
@@ -59,22 +55,77 @@ class ForwardPlan:
         b = self.backend
         return f"{b.host}|{b.subset}" if b.subset else b.host
 
+    @property
+    def route(self) -> str:
+        """The route's name; "" for the default route of an unrouted host."""
+        return "" if self.rule is None else self.rule.name
+
+    @property
+    def route_source(self) -> str:
+        return "" if self.rule is None else self.rule.source
+
+    @property
+    def backends(self) -> tuple[Destination, ...]:
+        """Every weighted backend of the route."""
+        return (self.backend,) if self.rule is None else self.rule.destinations
+
+    @property
+    def authority(self) -> str | None:
+        """The Host to send; None keeps the request's."""
+        rw = None if self.rule is None else self.rule.rewrite
+        return None if rw is None else rw.authority
+
+    @property
+    def request_headers(self) -> HeaderOps:
+        return _NO_OPS if self.rule is None else self.rule.request_headers
+
+    @property
+    def response_headers(self) -> HeaderOps:
+        return _NO_OPS if self.rule is None else self.rule.response_headers
+
+    @property
+    def timeout_s(self) -> float | None:
+        """Total: from the first byte sent to the last byte received."""
+        return None if self.rule is None else self.rule.timeout_s
+
+    @property
+    def stream_idle_timeout_s(self) -> float:
+        idle = None if self.rule is None else self.rule.stream_idle_timeout_s
+        return DEFAULT_STREAM_IDLE_S if idle is None else idle
+
+    @property
+    def retries(self) -> RetryPolicy:
+        return DEFAULT_RETRY if self.rule is None else self.rule.retries
+
+    @property
+    def max_request_body_bytes(self) -> int | None:
+        return None if self.rule is None else self.rule.max_request_body_bytes
+
+
+_NO_OPS = HeaderOps()
+
 
 class Router:
     """Compiled once per routing snapshot; ``plan`` is the hot path."""
 
-    __slots__ = ("_index", "config")
+    __slots__ = ("_index", "_policies", "config")
 
     def __init__(self, config: RoutingConfig) -> None:
         self.config = config
         self._index = HostIndex(config.hosts)
+        self._policies: dict[tuple[str, str], TrafficPolicy] = {}
 
     def table(self, host: str) -> RouteTable | None:
         return self._index.lookup(host)
 
     def traffic_policy(self, host: str, subset: str = "") -> TrafficPolicy:
-        dr = self.config.destinations.get(host)
-        return TrafficPolicy() if dr is None else dr.for_subset(subset)
+        """The DestinationRule policy for a host/subset (defaults when none)."""
+        key = (host, subset)
+        found = self._policies.get(key)
+        if found is None:
+            dr = self.config.destinations.get(host)
+            found = self._policies[key] = _DEFAULT_POLICY if dr is None else dr.for_subset(subset)
+        return found
 
     def subset_labels(self, host: str, subset: str) -> tuple[tuple[str, str], ...]:
         """The endpoint labels a subset selects; raises NoRoute for an unknown subset."""
@@ -91,39 +142,24 @@ class Router:
         routes and none matches (Istio answers 404 then)."""
         table = self._index.lookup(attrs.host)
         if table is None:
-            return self._default_plan(attrs)
+            policy = self.traffic_policy(attrs.host)
+            return ForwardPlan(
+                rule=None,
+                backend=Destination(host=attrs.host),
+                path=_target(attrs),
+                policy=policy,
+                hash_key=hash_key(policy.load_balancer, attrs),
+            )
         hit = table.best(attrs)
         if hit is None:
             raise NoRoute(f"no route of {table.host!r} matches {attrs.method} {attrs.path}")
         return self._plan_for(hit, attrs, rng)
 
-    def _default_plan(self, attrs: RequestAttributes) -> ForwardPlan:
-        backend = Destination(host=attrs.host)
-        policy = self.traffic_policy(attrs.host)
-        return ForwardPlan(
-            route="",
-            route_source="",
-            backend=backend,
-            backends=(backend,),
-            path=_target(attrs),
-            authority=None,
-            request_headers=HeaderOps(),
-            response_headers=HeaderOps(),
-            timeout_s=None,
-            stream_idle_timeout_s=DEFAULT_STREAM_IDLE_S,
-            retries=DEFAULT_RETRY,
-            fault_delay_s=0.0,
-            fault_abort_status=0,
-            mirrors=(),
-            max_request_body_bytes=None,
-            hash_key=hash_key(policy.load_balancer, attrs),
-            policy=policy,
-        )
-
     def _plan_for(self, hit: RouteHit, attrs: RequestAttributes, rng: RandomSource) -> ForwardPlan:
         route = hit.route
         # The draws happen in a fixed order so a seeded source replays a plan exactly.
-        backend = pick_weighted([(d, d.weight) for d in route.destinations], rng.random())
+        dests = route.destinations
+        backend = dests[0] if len(dests) == 1 else _pick_destination(dests, rng.random())
         if backend is None:
             raise NoRoute(f"route {route.name!r} has no backend with weight > 0")
         delay_s, abort = 0.0, 0
@@ -133,9 +169,13 @@ class Router:
                 delay_s = f.delay_s
             if f.abort_fraction and rng.random() < f.abort_fraction:
                 abort = f.abort_status
-        mirrors = tuple(
-            m.destination for m in route.mirrors if m.fraction >= 1.0 or rng.random() < m.fraction
-        )
+        mirrors: tuple[Destination, ...] = ()
+        if route.mirrors:
+            mirrors = tuple(
+                m.destination
+                for m in route.mirrors
+                if m.fraction >= 1.0 or rng.random() < m.fraction
+            )
         inference = None
         policy = self.traffic_policy(backend.host, backend.subset)
         if backend.kind is BackendKind.INFERENCE_POOL:
@@ -150,26 +190,37 @@ class Router:
                 self.config.objectives,
                 rng.random(),
             )
+        lb = policy.load_balancer
         return ForwardPlan(
-            route=route.name,
-            route_source=route.source,
+            rule=route,
             backend=backend,
-            backends=route.destinations,
-            path=_rewrite_path(route, hit.match, attrs),
-            authority=route.rewrite.authority if route.rewrite else None,
-            request_headers=route.request_headers,
-            response_headers=route.response_headers,
-            timeout_s=route.timeout_s,
-            stream_idle_timeout_s=route.stream_idle_timeout_s or DEFAULT_STREAM_IDLE_S,
-            retries=route.retries,
+            path=_target(attrs)
+            if route.rewrite is None
+            else _rewrite_path(route, hit.match, attrs),
             fault_delay_s=delay_s,
             fault_abort_status=abort,
             mirrors=mirrors,
-            max_request_body_bytes=route.max_request_body_bytes,
-            hash_key=hash_key(policy.load_balancer, attrs),
+            hash_key=None if lb.algorithm not in _HASHED else hash_key(lb, attrs),
             policy=policy,
             inference=inference,
         )
+
+
+_DEFAULT_POLICY = TrafficPolicy()
+_HASHED = frozenset({LbAlgorithm.RING_HASH, LbAlgorithm.MAGLEV})
+
+
+def _pick_destination(dests: tuple[Destination, ...], rng_value: float) -> Destination | None:
+    total = sum(d.weight for d in dests)
+    if total <= 0:
+        return None
+    point = rng_value * total
+    acc = 0
+    for d in dests:
+        acc += d.weight
+        if point < acc:
+            return d
+    return dests[-1]
 
 
 def _target(attrs: RequestAttributes, path: str | None = None) -> str:

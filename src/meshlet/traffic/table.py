@@ -17,16 +17,17 @@ so a table of hundreds of routes tests only a handful per request.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from meshlet.config.istio_networking import HostRoutes, Precedence, Route
+from meshlet.config.istio_networking import HostRoutes, MatchKind, Precedence, Route
 from meshlet.traffic.match import (
     CompiledMatch,
     RequestAttributes,
     compile_match,
-    first_segment,
-    path_segment,
+    index_key,
+    path_prefixes,
 )
 
 
@@ -43,10 +44,71 @@ class RouteHit:
     match: CompiledMatch | None
 
 
+def _is_ancestor(a: str, b: str) -> bool:
+    """Is index key ``a`` a proper element-boundary prefix of key ``b``?"""
+    return a == "" or (len(b) > len(a) and b.startswith(a) and b[len(a)] == "/")
+
+
+def _exact_header(e: Entry, name: str) -> str | None:
+    if e.match is None:
+        return None
+    for h in e.match.source.headers:
+        if h.name == name and h.match.kind is MatchKind.EXACT:
+            return h.match.value
+    return None
+
+
+class _Candidates:
+    """One list of entries, optionally split on the value of one header.
+
+    Inference tables often hold dozens of routes under one path that differ only
+    in ``x-model-name`` (or another header) by exact value. When at least
+    ``_SPLIT_MIN`` entries test the same header for an exact value, they are
+    bucketed by that value; entries that do not test it go in every bucket, so
+    rank order and the answer are unchanged."""
+
+    __slots__ = ("_buckets", "_default", "_header", "entries")
+
+    def __init__(self, entries: tuple[Entry, ...]) -> None:
+        self.entries = entries
+        self._header: str | None = None
+        self._buckets: dict[str, tuple[Entry, ...]] = {}
+        self._default = entries
+        names = Counter(
+            h.name
+            for e in entries
+            if e.match is not None
+            for h in e.match.source.headers
+            if h.match.kind is MatchKind.EXACT
+        )
+        if not names:
+            return
+        name, count = names.most_common(1)[0]
+        if count < _SPLIT_MIN:
+            return
+        self._header = name
+        values = {v for e in entries if (v := _exact_header(e, name)) is not None}
+        self._buckets = {
+            v: tuple(e for e in entries if _exact_header(e, name) in (v, None)) for v in values
+        }
+        self._default = tuple(e for e in entries if _exact_header(e, name) is None)
+
+    def for_request(self, attrs: RequestAttributes) -> tuple[Entry, ...]:
+        if self._header is None:
+            return self.entries
+        value = attrs.headers.get(self._header)
+        if value is None:
+            return self._default
+        return self._buckets.get(value, self._default)
+
+
+_SPLIT_MIN = 4  # below this a linear scan is as fast as a dict lookup
+
+
 class RouteTable:
     """The compiled routes of one host."""
 
-    __slots__ = ("_by_segment", "_entries", "_wildcard", "host")
+    __slots__ = ("_by_key", "_entries", "_root", "host")
 
     def __init__(self, host_routes: HostRoutes) -> None:
         self.host = host_routes.host
@@ -57,26 +119,24 @@ class RouteTable:
             for k, cm in enumerate(compiled):
                 if route.precedence is Precedence.SPECIFICITY and cm is not None:
                     neg = tuple(-x for x in cm.specificity)
-                    key: tuple[object, ...] = (neg, route.order, k)
+                    sort_key: tuple[object, ...] = (neg, route.order, k)
                 else:
-                    key = ((), (), pos, k)
-                entries.append((key, route, cm))
+                    sort_key = ((), (), pos, k)
+                entries.append((sort_key, route, cm))
         entries.sort(key=lambda e: e[0])
         self._entries = tuple(Entry(r, cm, i) for i, (_, r, cm) in enumerate(entries))
-        by_seg: dict[str, list[Entry]] = {}
-        wildcard: list[Entry] = []
+        by_key: dict[str, list[Entry]] = {}
         for e in self._entries:
-            seg = first_segment(e.match.source) if e.match is not None else None
-            if seg is None:
-                wildcard.append(e)
-            else:
-                by_seg.setdefault(seg, []).append(e)
-        # Each segment's list holds its own entries and every wildcard one, in rank
-        # order, so a lookup walks one list.
-        self._by_segment = {
-            seg: tuple(sorted(es + wildcard, key=lambda e: e.rank)) for seg, es in by_seg.items()
-        }
-        self._wildcard = tuple(wildcard)
+            by_key.setdefault(index_key(e.match.source) if e.match else "", []).append(e)
+        # Each key's candidates are its own entries and those of every ancestor key
+        # (a path prefix at an element boundary), in rank order: a request looks up
+        # the deepest key its path has and walks that one list.
+        self._by_key: dict[str, _Candidates] = {}
+        for ikey in by_key:
+            ancestors = [k for k in by_key if k == ikey or _is_ancestor(k, ikey)]
+            merged = sorted((e for k in ancestors for e in by_key[k]), key=lambda e: e.rank)
+            self._by_key[ikey] = _Candidates(tuple(merged))
+        self._root = self._by_key.get("", _Candidates(()))
 
     @property
     def entries(self) -> tuple[Entry, ...]:
@@ -84,8 +144,14 @@ class RouteTable:
 
     def best(self, attrs: RequestAttributes) -> RouteHit | None:
         """The winning route for ``attrs``, or None when nothing matches."""
-        candidates = self._by_segment.get(path_segment(attrs.path), self._wildcard)
-        for e in candidates:
+        candidates = self._root
+        by_key = self._by_key
+        for prefix in path_prefixes(attrs.path):
+            found = by_key.get(prefix)
+            if found is not None:
+                candidates = found
+                break
+        for e in candidates.for_request(attrs):
             if e.match is None or e.match(attrs):
                 return RouteHit(e.route, e.match)
         return None
