@@ -340,3 +340,28 @@ def test_host_index_short_names_and_wildcards() -> None:
     assert wild is not None
     assert wild.host == "*.example.com"
     assert idx.lookup("unknown") is None
+
+
+def test_index_buckets_by_model_header_without_changing_the_answer() -> None:
+    def by_model(name: str, model: str | None, prefix: str = "/v1/") -> Route:
+        headers = (
+            ()
+            if model is None
+            else (KeyMatch(name="x-model-name", match=sm(MatchKind.EXACT, model)),)
+        )
+        return route(name, RouteMatch(uri=sm(MatchKind.PREFIX, prefix), headers=headers))
+
+    routes = [by_model(f"m{i}", f"model-{i}") for i in range(6)]
+    routes.insert(3, by_model("any-v1", None))  # no model condition: in every bucket
+    routes.append(route("regex", RouteMatch(uri=sm(MatchKind.REGEX, "/v1/re[a-z]+"))))
+    table = RouteTable(HostRoutes(host="svc", routes=tuple(routes)))
+    for model, winner in (("model-1", "m1"), ("model-5", "any-v1"), ("zzz", "any-v1")):
+        a = RequestAttributes.build(host="svc", method="GET", target="/v1/x", model_name=model)
+        hit = table.best(a)
+        assert hit is not None
+        assert hit.route.name == winner
+    miss = RequestAttributes.build(host="svc", method="GET", target="/v2/x")
+    assert table.best(miss) is None
+    regex = table.best(RequestAttributes.build(host="svc", method="GET", target="/v1/rex"))
+    assert regex is not None
+    assert regex.route.name == "any-v1"  # earlier in order than the regex route
