@@ -29,6 +29,7 @@ import yaml
 
 from meshlet.clock import Clock, MonotonicClock
 from meshlet.config.bootstrap import load_bootstrap
+from meshlet.config.istio_security import load_security_paths
 from meshlet.config.mesh import MeshConfig
 from meshlet.errors import ConfigError, MeshError, UpstreamError
 from meshlet.identity.ca import CertificateAuthority
@@ -44,6 +45,7 @@ from meshlet.mesh.state import (
     write_state,
 )
 from meshlet.mesh.supervisor import ProcessSpec, Supervised
+from meshlet.traffic.loader import load_routing
 
 SIDECAR_READY_TIMEOUT_S = 20.0  # a sidecar is ready in well under a second; 2 cores are shared
 APP_READY_TIMEOUT_S = 90.0  # importing torch and building a model takes seconds
@@ -105,6 +107,7 @@ class MeshRunner:
     async def start(self) -> None:
         """Bring the whole mesh up, or leave nothing running and raise."""
         self._check_not_running()
+        self._check_istio_files()
         self.started_at = self.clock.wall()
         ca = self._certificate_authority()
         for attempt in range(1, START_ATTEMPTS + 1):
@@ -142,6 +145,14 @@ class MeshRunner:
                 )
             return ca
         return CertificateAuthority.init(directory, self.config.trust_domain, now=self.clock.wall())
+
+    def _check_istio_files(self) -> None:
+        """Policy and route files must load even when this build's sidecar cannot
+        apply them yet: a typo is reported now, with nothing started."""
+        if self.config.policies:
+            load_security_paths([str(p) for p in self.config.policies])
+        if self.config.routing:
+            load_routing(self.config.routing)
 
     def _prepare(self, ca: CertificateAuthority) -> MeshPlan:
         picker = PortPicker()

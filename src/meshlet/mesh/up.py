@@ -39,9 +39,16 @@ def inactive_features(runner: MeshRunner) -> list[str]:
     """What mesh.yaml asks for that this build's sidecar cannot do yet."""
     out = []
     if runner.config.policies and not runner.features.policies:
-        out.append("policies: authorization is not in this build's sidecar; files not loaded")
+        out.append(
+            "policies: authorization is not in this build's sidecar; the files were "
+            "checked but not loaded, so no request is denied"
+        )
     if runner.config.routing and not runner.features.routing:
-        out.append("routing: traffic rules are not in this build's sidecar; files not loaded")
+        out.append(
+            "routing: VirtualService/DestinationRule (splits, header matches, retries, "
+            "outlier detection) are not in this build's sidecar; the files were checked "
+            "but not loaded, so requests spread over every endpoint of a service"
+        )
     return out
 
 
