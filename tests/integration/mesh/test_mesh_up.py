@@ -226,3 +226,41 @@ def test_status_once_shows_golden_metrics_of_live_traffic(mesh: Mesh) -> None:
     assert cells[6].endswith("ms")
     assert cells[8] == "100.00%"
     assert int(cells[9]) >= len(codes) - 5  # requests after the last scrape are not counted
+
+
+def test_bad_policy_file_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "authz.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+        "  name: x\n  namespace: ml\nspec:\n  action: ALLOW\n  rulez: []\n"
+    )
+    (tmp_path / "mesh.yaml").write_text(
+        "policies: [authz.yaml]\nservices:\n  svc:\n    workloads:\n"
+        "      - command: /nonexistent/server --port {port}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "authz.yaml:8" in proc.stderr
+    assert "rulez" in proc.stderr
+    assert not (tmp_path / ".meshlet").exists()
+
+
+def test_demo_runs_the_scenario_and_passes_its_checks() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshlet.mesh.demo", "--requests", "60"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "frontend -> inference: 60 requests" in out
+    assert "intruder -> inference: 20 requests" in out
+    assert "100.0% over mutual TLS" in out
+    assert "plaintext to an inference sidecar: refused" in out
+    assert "FAIL" not in out
