@@ -233,6 +233,73 @@ class ProxyServer:
             await listener.start()
             self._tcp.append(listener)
 
+    # -- dynamic configuration (control plane) ------------------------------
+
+    def apply_config(self, new: BootstrapConfig) -> None:
+        """Make ``new`` live without rebinding: the outbound HTTP service table is
+        rebuilt off the request path and swapped in with one assignment (pools of
+        unchanged endpoints are kept, so warm connections survive). Anything that
+        would need a rebind or a new gate raises ConfigError and the old config
+        keeps serving (the dynamic client NACKs it)."""
+        old = self.config
+        problems = [
+            what
+            for what, a, b in (
+                ("inbound", old.inbound is None, new.inbound is None),
+                ("outbound", old.outbound is None, new.outbound is None),
+                ("identity", old.identity, new.identity),
+            )
+            if a != b
+        ]
+        if old.inbound is not None and new.inbound is not None:
+            o, n = old.inbound, new.inbound
+            problems += [
+                f"inbound.{k}"
+                for k in ("listen", "app", "mtls", "protocol", "policies")
+                if getattr(o, k) != getattr(n, k)
+            ]
+        if old.outbound is not None and new.outbound is not None:
+            o2, n2 = old.outbound, new.outbound
+            if (o2.listen, o2.routing) != (n2.listen, n2.routing):
+                problems.append("outbound.listen/routing")
+            tcp = {s for s in n2.services if s.protocol != "http"}
+            if tcp != {s for s in o2.services if s.protocol != "http"}:
+                problems.append("outbound tcp services")
+        if problems:
+            raise ConfigError(f"cannot change on a running proxy: {', '.join(problems)}")
+        listener = self.outbound_listener
+        if new.outbound is not None and listener is not None:
+            router = listener.router
+            assert isinstance(router, OutboundRouter), "BUG: outbound listener without router"
+            kept = {
+                (p.address, p.identity, p.labels): p for c in self._clusters for p in c.endpoints
+            }
+            client_ctx = lambda: self._current().client  # noqa: E731 - read per connect
+            clusters: dict[bytes, Cluster] = {}
+            for svc in new.outbound.services:
+                if svc.protocol != "http":
+                    continue
+                pools = tuple(
+                    kept.pop(key)
+                    if (key := (ep.address, ep.identity, ep.labels)) in kept
+                    else EndpointPool(
+                        address=ep.address,
+                        identity=ep.identity,
+                        listener=listener,
+                        ssl_context=client_ctx,
+                        labels=ep.labels,
+                    )
+                    for ep in svc.endpoints
+                )
+                cluster = Cluster(name=svc.name, protocol=svc.protocol, endpoints=pools)
+                clusters[svc.name.encode("ascii").lower()] = cluster
+            router.clusters = clusters  # the single reference swap
+            self._clusters = list(clusters.values())
+            for pool in kept.values():  # endpoints that left: drop their idle connections
+                for conn in list(pool.idle):
+                    conn.close()
+        self.config = new
+
     # -- accepting ----------------------------------------------------------
 
     def _spawn_accept(
