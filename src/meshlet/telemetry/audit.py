@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,10 +102,10 @@ class AuditLog:
         self._backups = backups
         self._interval = flush_interval_s
         self._batch = batch
-        self._pending: list[Mapping[str, Any]] = []
-        self._cond = threading.Condition()
-        self._written = 0  # records handed to the OS, for flush()
-        self._queued = 0
+        # deque.append is atomic under the GIL: record() takes no lock. Items are
+        # (wall time, event) pairs, or a threading.Event that flush() waits on.
+        self._queue: deque[tuple[float, Mapping[str, Any]] | threading.Event] = deque()
+        self._wake = threading.Event()
         self._closed = False
         self._seq, self._prev = self._resume()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,55 +131,62 @@ class AuditLog:
 
     def record(self, event: Mapping[str, Any]) -> None:
         """Queue one event; ``time`` (wall clock, seconds) is added if absent."""
-        if "time" not in event:
-            event = {"time": round(self._clock.wall(), 6), **event}
-        with self._cond:
-            if self._closed:
-                raise ValueError("audit log is closed")
-            self._pending.append(event)
-            self._queued += 1
-            if len(self._pending) >= self._batch:
-                self._cond.notify()
+        if self._closed:
+            raise ValueError("audit log is closed")
+        queue = self._queue
+        queue.append((self._clock.wall(), event))
+        if len(queue) >= self._batch:
+            self._wake.set()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Block until everything queued so far is written; False on timeout."""
-        with self._cond:
-            target = self._queued
-            self._cond.notify_all()
-            return self._cond.wait_for(lambda: self._written >= target, timeout=timeout_s)
+        done = threading.Event()
+        self._queue.append(done)
+        self._wake.set()
+        return done.wait(timeout_s)
 
     def close(self) -> None:
         """Drain, fsync and stop; idempotent."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify_all()
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
         self._thread.join()
         atexit.unregister(self.close)
 
     def _run(self) -> None:
+        queue = self._queue
         while True:
-            with self._cond:
-                if not self._pending and not self._closed:
-                    self._cond.wait(self._interval)
-                batch, self._pending = self._pending, []
-                closing = self._closed
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            closing = self._closed  # read before draining: nothing is queued after it
+            batch: list[tuple[float, Mapping[str, Any]]] = []
+            waiters: list[threading.Event] = []
+            for _ in range(len(queue)):
+                item = queue.popleft()
+                if isinstance(item, threading.Event):
+                    if batch:
+                        self._write(batch)
+                        batch = []
+                    waiters.append(item)
+                else:
+                    batch.append(item)
             if batch:
                 self._write(batch)
-            with self._cond:
-                self._written += len(batch)
-                self._cond.notify_all()
-            if closing and not batch:
+            for waiter in waiters:
+                waiter.set()
+            if closing and not queue:
                 self._file.flush()
                 os.fsync(self._file.fileno())
                 self._file.close()
                 return
 
-    def _write(self, batch: Sequence[Mapping[str, Any]]) -> None:
+    def _write(self, batch: Sequence[tuple[float, Mapping[str, Any]]]) -> None:
         chunks: list[bytes] = []
         size = self._size
-        for event in batch:
+        for wall, event in batch:
+            if "time" not in event:
+                event = {"time": round(wall, 6), **event}
             line, self._prev = seal(event, seq=self._seq, prev=self._prev)
             data = line.encode() + b"\n"
             self._seq += 1
