@@ -11,8 +11,8 @@ Run: .venv/bin/python benchmarks/bench_policy.py [--evaluations N]
 from __future__ import annotations
 
 import argparse
-import os
 import gc
+import os
 import random
 import statistics
 import time
