@@ -31,7 +31,9 @@ def route_matches(draw: st.DrawFn, gateway: bool) -> RouteMatch:
     kinds = [MatchKind.EXACT, MatchKind.PATH_PREFIX if gateway else MatchKind.PREFIX]
     kind = draw(st.sampled_from([*kinds, MatchKind.REGEX]))
     path = draw(PATHS)
-    uri = StringMatch(kind=kind, value=path if kind is not MatchKind.REGEX else path + ".*")
+    uri: StringMatch | None = StringMatch(
+        kind=kind, value=path if kind is not MatchKind.REGEX else path + ".*"
+    )
     if not gateway and draw(st.booleans()):
         uri = None
     names = draw(st.lists(HEADER_NAMES, unique=True, max_size=2))

@@ -123,6 +123,7 @@ def test_p2c_retries_a_recovered_replica_after_decay() -> None:
     picker.on_result(EPS[1], 5.0, 200, 0.0)  # very slow once
     early = Counter(picker.pick(1.0, rng) for _ in range(20))
     for ep, n in early.items():
+        assert ep is not None
         for _ in range(n):
             picker.on_result(ep, 0.01, 200, 1.0)
     assert early[EPS[1]] == 0
@@ -154,8 +155,11 @@ def test_maglev_spreads_evenly_and_is_sticky() -> None:
     counts = Counter(picker.pick(0.0, rng, hash_key=f"k{i}") for i in range(4000))
     assert all(700 < counts[e] < 1300 for e in EPS)
     assert picker.pick(0.0, rng, hash_key="k1") == picker.pick(0.0, rng, hash_key="k1")
-    moved = picker.pick(0.0, rng, hash_key="k1", exclude={picker.pick(0.0, rng, hash_key="k1")})
+    first = picker.pick(0.0, rng, hash_key="k1")
+    assert first is not None
+    moved = picker.pick(0.0, rng, hash_key="k1", exclude={first})
     assert moved is not None
+    assert moved != first
 
 
 def test_consistent_hash_without_key_falls_back_to_random() -> None:

@@ -15,7 +15,7 @@ from meshlet.config.istio_networking import (
 )
 from meshlet.config.source import parse_yaml
 from meshlet.errors import ConfigError
-from meshlet.traffic.loader import build_routing, load_routing
+from meshlet.traffic.loader import RoutingConfig, build_routing, load_routing
 
 VS = """\
 apiVersion: networking.istio.io/v1
@@ -108,7 +108,7 @@ spec: {priority: -1, poolRef: {name: llm-pool}}
 """
 
 
-def _load(text: str, file: str = "r.yaml"):
+def _load(text: str, file: str = "r.yaml") -> RoutingConfig:
     return build_routing(parse_yaml(text, file))
 
 

@@ -179,7 +179,7 @@ def test_routed_host_without_matching_route_raises_no_route(router: Router) -> N
 def test_inference_pool_target_models_and_criticality(router: Router) -> None:
     rng = random.Random(99)
     n = 2000
-    targets = Counter()
+    targets: Counter[str | None] = Counter()
     for _ in range(n):
         plan = router.plan(attrs("/v1/chat", host="llm", method="POST", model="chat"), rng)
         assert plan.inference is not None
