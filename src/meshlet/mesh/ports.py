@@ -42,4 +42,5 @@ class PortPicker:
 
 def looks_like_port_clash(output: str) -> bool:
     """Whether a failed process's output says its address was taken."""
-    return "Address already in use" in output or "EADDRINUSE" in output or "Errno 98" in output
+    lowered = output.lower()  # asyncio says "address already in use", the OS "Address ..."
+    return "address already in use" in lowered or "eaddrinuse" in lowered or "errno 98" in lowered

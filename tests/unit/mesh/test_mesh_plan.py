@@ -112,3 +112,14 @@ def test_restart_policies() -> None:
     assert should_restart("on-failure", 1)
     assert not should_restart("on-failure", 0)
     assert not should_restart("never", 1)
+
+
+def test_port_clash_is_recognised_in_either_spelling() -> None:
+    from meshlet.mesh.ports import looks_like_port_clash
+
+    assert looks_like_port_clash(
+        "OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 1): "
+        "address already in use"
+    )
+    assert looks_like_port_clash("bind: Address already in use")
+    assert not looks_like_port_clash("meshlet: error: proxy.yaml:3: inbound.app: bad address")
