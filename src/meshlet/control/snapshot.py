@@ -64,6 +64,7 @@ class InboundEntry:
     mtls: str  # STRICT / PERMISSIVE / DISABLE
     mtls_source: str  # which PeerAuthentication decided, or "mesh.yaml"
     protocol: str
+    app_port: int | None  # mesh.yaml's port for the app, when it names one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +118,8 @@ def _body(s: Snapshot) -> dict[str, Any]:
     }
     if s.inbound is not None:
         bootstrap["inbound"] = {"mtls": s.inbound.mtls, "protocol": s.inbound.protocol}
+        if s.inbound.app_port is not None:
+            bootstrap["inbound"]["app"] = f"127.0.0.1:{s.inbound.app_port}"
     return {
         "workload": s.workload.name,
         "bootstrap": bootstrap,
@@ -142,29 +145,42 @@ def _inbound(source: MeshSource, w: MeshWorkload, scope: Workload) -> InboundEnt
         source.security.peer_authentications, scope, root_namespace=DEFAULT_ROOT_NAMESPACE
     ).resolve()
     if resolution.policy is None:  # no PeerAuthentication applies: mesh.yaml decides
-        return InboundEntry(mtls=w.mtls, mtls_source="mesh.yaml", protocol=service.protocol)
+        return InboundEntry(
+            mtls=w.mtls, mtls_source="mesh.yaml", protocol=service.protocol, app_port=w.port
+        )
     return InboundEntry(
         mtls=resolution.mode.value,
         mtls_source=f"PeerAuthentication {resolution.policy}",
         protocol=service.protocol,
+        app_port=w.port,
     )
 
 
 def _security_documents(source: MeshSource, scope: Workload) -> tuple[Any, ...]:
-    """The AuthorizationPolicy and RequestAuthentication documents that select this
-    workload (Istio's scoping), plus the extension providers they may name."""
+    """The security documents that select this workload (Istio's scoping: the
+    deciding PeerAuthentications, every AuthorizationPolicy and RequestAuthentication
+    in scope), plus the extension providers they may name."""
     root = DEFAULT_ROOT_NAMESPACE
-    chosen = {
-        ("AuthorizationPolicy", p.namespace, p.name)
-        for p in authorization_for(
-            source.security.authorization_policies, scope, root_namespace=root
-        )
-    } | {
-        ("RequestAuthentication", p.namespace, p.name)
-        for p in request_authn_for(
-            source.security.request_authentications, scope, root_namespace=root
-        )
-    }
+    peers = peer_scopes_for(source.security.peer_authentications, scope, root_namespace=root)
+    chosen = (
+        {
+            ("PeerAuthentication", p.namespace, p.name)
+            for p in (peers.workload, peers.namespace, peers.mesh)
+            if p is not None
+        }
+        | {
+            ("AuthorizationPolicy", p.namespace, p.name)
+            for p in authorization_for(
+                source.security.authorization_policies, scope, root_namespace=root
+            )
+        }
+        | {
+            ("RequestAuthentication", p.namespace, p.name)
+            for p in request_authn_for(
+                source.security.request_authentications, scope, root_namespace=root
+            )
+        }
+    )
     picked: list[Resource] = [
         r for r in source.security_resources if (r.kind, r.namespace, r.name) in chosen
     ]

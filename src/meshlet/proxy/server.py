@@ -255,9 +255,11 @@ class ProxyServer:
             o, n = old.inbound, new.inbound
             problems += [
                 f"inbound.{k}"
-                for k in ("listen", "app", "mtls", "protocol", "policies")
+                for k in ("listen", "app", "mtls", "protocol")
                 if getattr(o, k) != getattr(n, k)
             ]
+            if o.policies != n.policies and n.protocol != "http":
+                problems.append("inbound.policies (protocol tcp)")
         if old.outbound is not None and new.outbound is not None:
             o2, n2 = old.outbound, new.outbound
             if (o2.listen, o2.routing) != (n2.listen, n2.routing):
@@ -267,6 +269,16 @@ class ProxyServer:
                 problems.append("outbound tcp services")
         if problems:
             raise ConfigError(f"cannot change on a running proxy: {', '.join(problems)}")
+        gate_changed = (
+            old.inbound is not None
+            and new.inbound is not None
+            and old.inbound.policies != new.inbound.policies
+        )
+        gate = self._gate
+        if gate_changed:  # build first: a bad policy raises before anything changed
+            from meshlet.proxy import authz
+
+            gate = authz.build_gate(new, clock=self.clock)
         listener = self.outbound_listener
         if new.outbound is not None and listener is not None:
             router = listener.router
@@ -298,6 +310,11 @@ class ProxyServer:
             for pool in kept.values():  # endpoints that left: drop their idle connections
                 for conn in list(pool.idle):
                     conn.close()
+        if gate_changed and self.inbound_listener is not None:
+            inbound = self.inbound_listener.router
+            assert isinstance(inbound, InboundRouter), "BUG: inbound listener without router"
+            inbound.gate = gate
+            self._gate = gate
         self.config = new
 
     # -- accepting ----------------------------------------------------------

@@ -214,6 +214,7 @@ def test_snapshot_holds_only_what_the_workload_needs(config_dir: Path) -> None:
         "PeerAuthentication default/permissive-v2",
     )
     assert [d["metadata"]["name"] for d in v1.policies] == ["only-frontend"]
+    assert [d["metadata"]["name"] for d in v2.policies] == ["only-frontend", "permissive-v2"]
     assert compile_snapshot(source, registry, "nobody") is None
 
 
