@@ -117,7 +117,7 @@ def test_report_states_method_skips_failures_and_versions() -> None:
     assert "envoy 1.40.0" in text
     assert text.count("Method:") >= 5
     assert "coordinated omission corrected" in text
-    assert "audit record (hash chain) | skipped: meshlet.telemetry.audit" in text
+    assert "hashed + written | skipped: meshlet.telemetry.audit" in text
 
 
 def test_memory_table_lists_only_topologies_with_sidecars() -> None:
