@@ -264,3 +264,41 @@ def test_demo_runs_the_scenario_and_passes_its_checks() -> None:
     assert "100.0% over mutual TLS" in out
     assert "plaintext to an inference sidecar: refused" in out
     assert "FAIL" not in out
+
+
+def test_ctrl_c_while_starting_stops_everything(tmp_path: Path) -> None:
+    # The app never passes readiness (404), so `up` is still starting when interrupted.
+    (tmp_path / "mesh.yaml").write_text(
+        "services:\n  web:\n    workloads:\n"
+        "      - command: '{python} -m http.server {port} --bind 127.0.0.1'\n"
+        "        readiness: /never-ready\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    app_log = tmp_path / ".meshlet" / "replicas" / "web-0" / "app.log"
+    sidecar_log = app_log.with_name("sidecar.log")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (app_log.exists() and "GET" in app_log.read_text()):
+        time.sleep(0.1)
+    assert app_log.exists(), "the app never started"
+    pids = [
+        json.loads(line)["pid"]
+        for line in sidecar_log.read_text().splitlines()
+        if line.startswith('{"event": "ready"')
+    ]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert pids
+    for _ in range(100):
+        if all(_gone(p) for p in pids):
+            break
+        time.sleep(0.05)
+    assert [p for p in pids if not _gone(p)] == []
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in out  # nothing started from this mesh is left
