@@ -99,7 +99,10 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | No
     """
     if ssl_object is None:
         return None
-    cert = ssl_object.getpeercert()
+    try:
+        cert = ssl_object.getpeercert()
+    except ValueError:  # "handshake not done yet": the peer alerted right after it (uvloop)
+        return None
     if not cert:
         return None
     sans: Any = cert.get("subjectAltName", ())
