@@ -36,6 +36,7 @@ class UpstreamConnection(asyncio.Protocol):
         "chunked_down",
         "closed",
         "connection",
+        "cork",
         "deadline",
         "ex",
         "got_bytes",
@@ -90,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.upgrade: bytes | None = None
         self.req_chunked = False
+        self.cork: list[bytes] | None = None  # see DownstreamConnection.cork
 
     # -- transport callbacks ------------------------------------------------
 
@@ -107,9 +109,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self.ex is None:
             self.close()  # bytes nobody asked for: the connection is not reusable
             return
+        down = self.ex.conn
+        down.cork = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            down.uncork()
             self._become_tunnel(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             self.listener.metrics.upstream_error("protocol")
@@ -119,6 +124,8 @@ class UpstreamConnection(asyncio.Protocol):
                 r = rescues.rescue(502, "upstream_protocol", "UPE", f"bad upstream response: {exc}")
                 ex.conn.respond_rescue(ex, r)
             return
+        finally:
+            down.uncork()
         if self.reset_parser:
             self.reset_parser = False
             self.parser = httptools.HttpResponseParser(self)
@@ -191,8 +198,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_limit = 0.0
         pending = ex.pending or ()
         ex.pending = None
+        if ex.conn.feeding:  # the rest of this read (body, end) joins the head
+            self.cork = []
+            ex.conn.to_flush.append(self)
         if not pending and not (ex.req_done and self.req_chunked):
-            self.transport.write(ex.head)
+            self._write(ex.head)
         else:
             parts = [ex.head]
             for body in pending:
@@ -204,23 +214,32 @@ class UpstreamConnection(asyncio.Protocol):
                     parts.append(body)
             if ex.req_done and self.req_chunked:
                 parts.append(_LAST_CHUNK)
-            self.transport.write(b"".join(parts))
+            self._write(b"".join(parts))
         ex.pending_bytes = 0
         ex.conn.resume(PAUSE_PENDING)
         if ex.conn.write_paused:
             self.pause_reading()
 
+    def _write(self, data: bytes) -> None:
+        if self.cork is not None:
+            self.cork.append(data)
+        elif self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def uncork(self) -> None:
+        parts, self.cork = self.cork, None
+        if parts and self.transport is not None and not self.closed:
+            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
     def send_body(self, body: bytes) -> None:
-        if self.transport is None or self.closed:
-            return
         if self.req_chunked:
-            self.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            self._write(b"%x\r\n%s\r\n" % (len(body), body))
         else:
-            self.transport.write(body)
+            self._write(body)
 
     def end_body(self) -> None:
-        if self.req_chunked and self.transport is not None and not self.closed:
-            self.transport.write(_LAST_CHUNK)
+        if self.req_chunked:
+            self._write(_LAST_CHUNK)
 
     def write_raw(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -386,6 +405,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.cork = None
             self.listener.upstreams.discard(self)
             self.pool.discard(self)
             if self.transport is not None:

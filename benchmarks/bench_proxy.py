@@ -1,0 +1,410 @@
+"""What the meshlet sidecar pair adds, next to the floor of its design, in one run.
+
+Topologies, all over 127.0.0.1 with the same certificates and the same upstream
+(uvloop + httptools, 1 KiB responses):
+
+  direct   loadgen -> upstream
+  floor    loadgen -> bare relay -> mTLS -> bare relay -> upstream
+           (uvloop + httptools relays with no features: one upstream connection
+            per client connection, bytes passed through after parsing)
+  meshlet  loadgen -> `meshlet proxy` outbound -> mTLS -> `meshlet proxy` inbound -> upstream
+
+Load: constant-rate open loop (latency measured from each request's scheduled
+send time, so queueing is not hidden) over keep-alive connections, for a bounded
+time; then, optionally, a closed-loop maximum rate. Each proxy's CPU comes from
+/proc/<pid>/stat (utime + stime) across the measured window, RSS from
+/proc/<pid>/status.
+
+    .venv/bin/python benchmarks/bench_proxy.py                  # 1000 req/s, 5 s each
+    .venv/bin/python benchmarks/bench_proxy.py --rate 2000 --seconds 10 --max-rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
+CLIENT_ID = "spiffe://cluster.local/ns/bench/sa/client"
+
+
+# ----------------------------------------------------------------- child roles
+
+
+def _upstream(port_file: str) -> None:
+    """1 KiB responses, keep-alive, as fast as uvloop + httptools go."""
+    import httptools
+    import uvloop
+
+    body = b"x" * 1024
+    response = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1024\r\n\r\n" + body
+
+    class App(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.p = httptools.HttpRequestParser(self)
+
+        def data_received(self, data: bytes) -> None:
+            self.p.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            self.t.write(response)
+
+    async def main() -> None:
+        sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        await asyncio.get_running_loop().create_server(App, sock=sock)
+        Path(port_file).write_text(str(sock.getsockname()[1]))
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def _relay(port_file: str, target_port: int, side: str, certs: str) -> None:
+    """The floor: parse with httptools, pass bytes on; mTLS on the sidecar hop."""
+    import httptools
+    import uvloop
+
+    d = Path(certs)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for ctx, who in ((server_ctx, "server"), (client_ctx, "client")):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_cert_chain(str(d / who / "cert.pem"), str(d / who / "key.pem"))
+        ctx.load_verify_locations(str(d / who / "bundle.pem"))
+    client_ctx.check_hostname = False
+
+    class Up(asyncio.Protocol):
+        def __init__(self, down: Down) -> None:
+            self.down = down
+            self.p = httptools.HttpResponseParser(self)
+
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.p.feed_data(data)
+            self.down.t.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.down.t.close()
+
+    class Down(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.p = httptools.HttpRequestParser(self)
+            self.up: Any = None
+            self.buf: list[bytes] = []
+            transport.pause_reading()
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            ctx = client_ctx if side == "out" else None
+            _, self.up = await loop.create_connection(
+                lambda: Up(self), "127.0.0.1", target_port, ssl=ctx,
+                server_hostname="" if ctx else None)  # fmt: skip
+            if self.buf:
+                self.up.t.write(b"".join(self.buf))
+            self.t.resume_reading()
+
+        def data_received(self, data: bytes) -> None:
+            self.p.feed_data(data)
+            if self.up is None:
+                self.buf.append(data)  # TLS may deliver before pause_reading bites
+            else:
+                self.up.t.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.up is not None:
+                self.up.t.close()
+
+    async def main() -> None:
+        sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        ctx = server_ctx if side == "in" else None
+        await asyncio.get_running_loop().create_server(Down, sock=sock, ssl=ctx)
+        Path(port_file).write_text(str(sock.getsockname()[1]))
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def _loadgen(port: int, rate: float, seconds: float, conns: int, host: str, closed: bool) -> None:
+    """Open loop at ``rate`` (or closed loop as fast as possible); prints JSON."""
+    import httptools
+    import uvloop
+
+    request = f"GET /bench HTTP/1.1\r\nhost: {host}\r\n\r\n".encode()
+    lat: list[float] = []
+    errors = [0]
+
+    class C(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.done: asyncio.Future[None] | None = None
+            self.p = httptools.HttpResponseParser(self)
+
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.p.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            if self.p.get_status_code() != 200:
+                errors[0] += 1
+            if self.done is not None and not self.done.done():
+                self.done.set_result(None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.done is not None and not self.done.done():
+                self.done.set_exception(ConnectionError("closed"))
+
+    async def worker(i: int, t0: float, end: float) -> None:
+        # uvloop's loop.time() ticks in milliseconds: use perf_counter for latency.
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter
+        _, c = await loop.create_connection(C, "127.0.0.1", port)
+        k = i
+        while True:
+            due = t0 + k / rate if not closed else now()
+            if due >= end:
+                break
+            if due > now():
+                await asyncio.sleep(due - now())
+            c.done = loop.create_future()
+            c.t.write(request)
+            try:
+                await asyncio.wait_for(c.done, 10)
+            except (TimeoutError, ConnectionError) as exc:
+                errors[0] += 1
+                print(f"loadgen: connection {i}: {exc!r}", file=sys.stderr)
+                return
+            lat.append(now() - due)
+            k += conns
+
+    async def main() -> None:
+        t0 = time.perf_counter() + 0.05
+        await asyncio.gather(*(worker(i, t0, t0 + seconds) for i in range(conns)))
+        lat.sort()
+        n = len(lat)
+
+        def q(p: float) -> float:
+            return lat[min(n - 1, int(p * n))] * 1000 if n else float("nan")
+
+        print(json.dumps({"requests": n, "errors": errors[0], "rate": n / seconds,
+                          "p50_ms": q(0.50), "p99_ms": q(0.99), "p999_ms": q(0.999)}))  # fmt: skip
+
+    uvloop.run(main())
+
+
+# ----------------------------------------------------------------- orchestration
+
+
+def _spawn(args: list[str], *, wait_file: Path | None = None, ready_line: bool = False
+           ) -> tuple[subprocess.Popen[bytes], float, str]:  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None)
+    line = ""
+    deadline = start + 20
+    if ready_line:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if '"ready"' not in line:
+            raise RuntimeError(f"{args[:4]} did not start: {line!r}")
+    while wait_file is not None and not wait_file.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{args[:4]} did not start")
+        time.sleep(0.01)
+    return proc, time.monotonic() - start, line
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _rss_mib(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _self_args(*args: object) -> list[str]:
+    return [PY, str(Path(__file__).resolve()), *(str(a) for a in args)]
+
+
+def _load(port: int, a: argparse.Namespace, host: str, closed: bool = False) -> dict[str, Any]:
+    out = subprocess.run(
+        _self_args("--role", "loadgen", port, a.rate, a.seconds, a.conns, host, int(closed)),
+        capture_output=True, check=True, timeout=a.seconds + 60,
+    )  # fmt: skip
+    if out.stderr:
+        sys.stderr.write(out.stderr.decode()[-2000:])
+    return dict(json.loads(out.stdout))
+
+
+def _measure(port: int, pids: list[int], a: argparse.Namespace, host: str) -> dict[str, Any]:
+    _load(port, argparse.Namespace(**{**vars(a), "seconds": 1.0}), host)  # warm up
+    before = [_cpu_s(p) for p in pids]
+    res = _load(port, a, host)
+    used = [_cpu_s(p) - b for p, b in zip(pids, before, strict=True)]
+    per_k = [u * 1000 / max(res["requests"], 1) * 1000 for u in used]  # CPU-ms per 1k
+    res["cpu_ms_per_1k"] = per_k
+    res["rss_mib"] = [_rss_mib(p) for p in pids]
+    res["peak_rss_mib"] = [_rss_mib(p, "VmHWM") for p in pids]
+    if a.max_rate:
+        res["max_rate"] = _load(port, a, host, closed=True)["rate"]
+    return res
+
+
+def _certs(workdir: Path) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    from meshlet.identity.ca import CertificateAuthority
+    from meshlet.identity.spiffeid import SpiffeId
+
+    ca = CertificateAuthority.init(workdir / "ca", "cluster.local", now=time.time())
+    for who, sid in (("server", SERVER_ID), ("client", CLIENT_ID)):
+        ca.issue(SpiffeId.parse(sid), now=time.time()).write(workdir / who)
+
+
+def _free_port() -> int:
+    # Only for the bench's own child configs: the proxies bind it right away.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _meshlet_pair(
+    workdir: Path, up_port: int
+) -> tuple[list[subprocess.Popen[bytes]], int, dict[str, float]]:
+    in_port, out_port = _free_port(), _free_port()
+    (workdir / "in.yaml").write_text(
+        "identity: {cert: server/cert.pem, key: server/key.pem, bundle: server/bundle.pem}\n"
+        "admin: null\n"
+        f"inbound: {{listen: 127.0.0.1:{in_port}, app: 127.0.0.1:{up_port}, mtls: STRICT}}\n"
+    )
+    (workdir / "out.yaml").write_text(
+        "identity: {cert: client/cert.pem, key: client/key.pem, bundle: client/bundle.pem}\n"
+        "admin: null\n"
+        f"outbound:\n  listen: 127.0.0.1:{out_port}\n  services:\n    bench:\n      endpoints:\n"
+        f'        - {{address: 127.0.0.1:{in_port}, identity: "{SERVER_ID}"}}\n'
+    )
+    meshlet = [PY, "-m", "meshlet"]
+    p_in, t_in, _ = _spawn(
+        [*meshlet, "proxy", "--config", str(workdir / "in.yaml")], ready_line=True
+    )
+    p_out, t_out, _ = _spawn([*meshlet, "proxy", "--config", str(workdir / "out.yaml")],
+                             ready_line=True)  # fmt: skip
+    idle = {"startup_ms": max(t_in, t_out) * 1000, "idle_rss_mib": max(_rss_mib(p_in.pid),
+                                                                       _rss_mib(p_out.pid))}  # fmt: skip
+    return [p_out, p_in], out_port, idle
+
+
+def _floor_pair(workdir: Path, up_port: int) -> tuple[list[subprocess.Popen[bytes]], int]:
+    f_in, f_out = workdir / "relay-in.port", workdir / "relay-out.port"
+    p_in, _, _ = _spawn(_self_args("--role", "relay", f_in, up_port, "in", workdir), wait_file=f_in)
+    time.sleep(0.05)
+    in_port = int(f_in.read_text())
+    p_out, _, _ = _spawn(_self_args("--role", "relay", f_out, in_port, "out", workdir),
+                         wait_file=f_out)  # fmt: skip
+    time.sleep(0.05)
+    return [p_out, p_in], int(f_out.read_text())
+
+
+def _fmt(
+    name: str, r: dict[str, Any], base: dict[str, Any] | None, floor: dict[str, Any] | None
+) -> str:
+    added50 = r["p50_ms"] - base["p50_ms"] if base else 0.0
+    added99 = r["p99_ms"] - base["p99_ms"] if base else 0.0
+    cpu = r.get("cpu_ms_per_1k", [])
+    line = (f"{name:8s} {r['requests']:7d} req {r['errors']:3d} err  p50 {r['p50_ms']:6.3f} ms "
+            f"p99 {r['p99_ms']:6.3f} ms p99.9 {r['p999_ms']:6.3f} ms  added p50 {added50:6.3f} "
+            f"p99 {added99:6.3f} ms")  # fmt: skip
+    if cpu:
+        line += "  cpu-ms/1k per proxy " + "/".join(f"{c:5.1f}" for c in cpu)
+        line += "  rss " + "/".join(f"{m:4.1f}" for m in r["rss_mib"]) + " MiB"
+    if "max_rate" in r:
+        line += f"  max {r['max_rate']:7.0f} req/s"
+    if floor and base and name != "floor":
+        f50 = floor["p50_ms"] - base["p50_ms"]
+        ratio_lat = added50 / f50 if f50 > 0 else float("nan")
+        ratio_cpu = (sum(cpu) / max(sum(floor["cpu_ms_per_1k"]), 1e-9)) if cpu else float("nan")
+        line += f"\n{'':8s} vs floor: added p50 x{ratio_lat:4.2f}  CPU x{ratio_cpu:4.2f}"
+    return line
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--conns", type=int, default=16)
+    ap.add_argument("--max-rate", action="store_true", help="also run a closed-loop max rate")
+    ap.add_argument("--only", choices=["direct", "floor", "meshlet"], action="append")
+    a = ap.parse_args()
+    only = set(a.only or ["direct", "floor", "meshlet"])
+    procs: list[subprocess.Popen[bytes]] = []
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        _certs(work)
+        up_file = work / "up.port"
+        up, _, _ = _spawn(_self_args("--role", "upstream", up_file), wait_file=up_file)
+        procs.append(up)
+        time.sleep(0.05)
+        up_port = int(up_file.read_text())
+        try:
+            if "direct" in only:
+                results["direct"] = _measure(up_port, [], a, "bench")
+            if "floor" in only:
+                fl, port = _floor_pair(work, up_port)
+                procs += fl
+                results["floor"] = _measure(port, [p.pid for p in fl], a, "bench")
+            if "meshlet" in only:
+                ms, port, idle = _meshlet_pair(work, up_port)
+                procs += ms
+                results["meshlet"] = _measure(port, [p.pid for p in ms], a, "bench")
+                results["meshlet"].update(idle)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=10)
+    print(f"# rate {a.rate:.0f} req/s, {a.seconds:.0f} s, {a.conns} keep-alive connections, "
+          "1 KiB responses; proxies listed outbound/inbound")  # fmt: skip
+    base, floor = results.get("direct"), results.get("floor")
+    for name, r in results.items():
+        print(_fmt(name, r, base, floor))
+    if "meshlet" in results:
+        m = results["meshlet"]
+        print(f"meshlet  startup-to-ready {m['startup_ms']:.0f} ms (process start to ready line), "
+              f"idle RSS {m['idle_rss_mib']:.1f} MiB, peak RSS "
+              + "/".join(f"{x:.1f}" for x in m["peak_rss_mib"]) + " MiB")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--role":
+        role, rest = sys.argv[2], sys.argv[3:]
+        if role == "upstream":
+            _upstream(rest[0])
+        elif role == "relay":
+            _relay(rest[0], int(rest[1]), rest[2], rest[3])
+        elif role == "loadgen":
+            _loadgen(int(rest[0]), float(rest[1]), float(rest[2]), int(rest[3]), rest[4],
+                     rest[5] == "1")  # fmt: skip
+        sys.exit(0)
+    sys.exit(main())
