@@ -62,3 +62,73 @@ def _run(args: argparse.Namespace) -> int:
     return run_control(
         config_dir=args.config_dir, ca_dir=args.ca_dir, listen=listen, hold_s=args.hold
     )
+
+
+# -- `meshlet proxy --control URL ...` (dynamic mode) ---------------------------------
+# Kept here, with the control plane's CLI, so cli/proxy.py only needs a two-line hook.
+
+
+def add_dynamic_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``meshlet proxy`` in dynamic mode (docs/control.md)."""
+    group = parser.add_argument_group("dynamic mode (config and identity from the control plane)")
+    group.add_argument("--control", metavar="URL", help="control plane, https://host:port")
+    group.add_argument("--token", help="single-use join token (first start only)")
+    group.add_argument("--workload", help="this sidecar's workload name in mesh.yaml")
+    group.add_argument(
+        "--bundle", type=Path, help="trust bundle PEM to verify the control plane on first start"
+    )
+    group.add_argument(
+        "--state-dir",
+        type=Path,
+        help="private directory for the key, certificate and snapshots "
+        "(default: ./.meshlet-proxy/<workload>)",
+    )
+    group.add_argument(
+        "--inbound", default="127.0.0.1:15006", help="inbound listen address (default: %(default)s)"
+    )
+    group.add_argument(
+        "--outbound",
+        default="127.0.0.1:15001",
+        help="outbound listen address (default: %(default)s)",
+    )
+    group.add_argument("--app", help="the app's address (default: 127.0.0.1:<mesh.yaml port>)")
+    group.add_argument("--admin", help="admin listen address (default: none)")
+    group.add_argument("--advertise", help="host to register instead of the bound inbound host")
+
+
+def run_dynamic_proxy(args: argparse.Namespace) -> int:
+    """``meshlet proxy --control ...``: build the settings and run the sidecar."""
+    from meshlet.config.bootstrap import parse_address
+    from meshlet.errors import ConfigError
+    from meshlet.proxy.dynamic import DynamicSettings, run_dynamic
+
+    if args.control is None:
+        raise ConfigError("give --config FILE (static bootstrap) or --control URL (dynamic)")
+    if args.config is not None:
+        raise ConfigError("--config and --control are exclusive: pick static or dynamic mode")
+    if not args.workload:
+        raise ConfigError("--workload is required with --control")
+    if args.workers != 1:
+        raise ConfigError("--workers > 1 is not supported with --control")
+
+    def address(flag: str, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse_address(value)
+        except ValueError as exc:
+            raise ConfigError(f"--{flag}: {exc}") from exc
+
+    settings = DynamicSettings(
+        control=args.control,
+        workload=args.workload,
+        token=args.token,
+        state_dir=args.state_dir or Path(".meshlet-proxy") / args.workload,
+        bundle=args.bundle,
+        inbound=address("inbound", args.inbound),
+        outbound=address("outbound", args.outbound),
+        app=address("app", args.app),
+        admin=address("admin", args.admin),
+        advertise=args.advertise,
+    )
+    return run_dynamic(settings)

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="run the sidecar proxy (mTLS, HTTP/1.1 and TCP) from a bootstrap file",
         description="Run the meshlet sidecar. See docs/proxy.md for the bootstrap keys.",
     )
-    parser.add_argument("--config", required=True, help="bootstrap YAML file (proxy.yaml)")
+    parser.add_argument("--config", help="bootstrap YAML file (proxy.yaml); or use --control")
     parser.add_argument(
         "--workers",
         type=int,
@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=argparse.SUPPRESS,  # keep the global --log-level unless given here
         help="logging threshold (same as the global --log-level)",
     )
+    from meshlet.cli.control import add_dynamic_arguments  # dynamic mode (docs/control.md)
+
+    add_dynamic_arguments(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -39,6 +42,10 @@ def _run(args: argparse.Namespace) -> int:
         from meshlet.errors import ConfigError
 
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.control is not None or args.config is None:
+        from meshlet.cli.control import run_dynamic_proxy
+
+        return run_dynamic_proxy(args)  # says what is missing when neither is given
     from meshlet.proxy.runner import run_proxy
 
     return run_proxy(args.config, workers=args.workers)

@@ -1,0 +1,500 @@
+"""Dynamic mode: ``meshlet proxy --control URL --token TOKEN --workload NAME``.
+
+The sidecar gets everything from the control plane instead of a bootstrap file:
+
+1. Identity. A P-256 key is made here and never leaves the state directory
+   (0700 directory, 0600 key); a CSR for the SPIFFE ID the join token names is
+   sent with the token, and the signed chain and trust bundle come back. After
+   a restart a still-valid certificate in the state directory is reused (the
+   token is single-use). Renewal presents the current SVID as the TLS client
+   certificate, at half-life with jitter (``identity.renewal.Renewer``).
+2. Config. A long-poll watch returns versioned snapshots. Each is merged with
+   the local settings (listen addresses, identity files) into a bootstrap
+   document and checked by the same validator as ``--config``; it then goes
+   live with ``ProxyServer.apply_config`` and is ACKed, or NACKed with the
+   reason while the last good one keeps serving.
+3. Outages. When the control plane goes away the data plane keeps serving
+   with its last snapshot and certificate; the watch reconnects with capped
+   exponential backoff and resends the version it has, so nothing is re-applied
+   when the control plane comes back with the same config.
+
+The control plane is authenticated by the trust bundle (``--bundle``, or the
+one already in the state directory) and must present
+``spiffe://<trust-domain>/ns/meshlet-system/sa/control``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import jwt
+
+from meshlet.clock import Clock, MonotonicClock
+from meshlet.config.bootstrap import Address, BootstrapConfig, parse_bootstrap
+from meshlet.config.source import Document
+from meshlet.errors import ConfigError, IdentityError, MeshError, ProtocolError
+from meshlet.http1.codec import ClientCodec
+from meshlet.http1.events import Data, EndOfMessage, Request, Response
+from meshlet.identity.pemfiles import write_atomic
+from meshlet.identity.renewal import Credential, Renewer
+from meshlet.identity.spiffeid import SpiffeId
+from meshlet.identity.x509 import make_csr, spiffe_id_from_cert_der
+
+__all__ = ["ControlClient", "DynamicProxy", "DynamicSettings", "run_dynamic"]
+
+logger = logging.getLogger(__name__)
+
+CONTROL_PATH = "/ns/meshlet-system/sa/control"  # mirrors meshlet.control.server
+# Reconnect backoff: first retry soon (a control-plane restart takes a second or
+# two), capped low so a returning control plane is found within 2 s (its resync
+# grace period is sized to this cap).
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 2.0
+# A watch is held by the server for up to its hold time (15 s); wait a little longer.
+WATCH_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DynamicSettings:
+    """What only the sidecar's own machine knows; the rest comes from snapshots."""
+
+    control: str  # https://host:port
+    workload: str
+    token: str | None
+    state_dir: Path
+    bundle: Path | None  # trust bundle for the first contact
+    inbound: Address
+    outbound: Address
+    app: Address | None  # default: 127.0.0.1:<the port mesh.yaml names>
+    admin: Address | None
+    advertise: str | None = None  # host to register instead of the bound one
+
+
+def _backoff(attempt: int) -> float:
+    base: float = min(BACKOFF_INITIAL_S * 2.0 ** min(attempt, 30), BACKOFF_MAX_S)
+    return base / 2 + secrets.randbelow(1000) / 1000 * base / 2  # "equal jitter"
+
+
+class ControlClient:
+    """One keep-alive HTTPS connection to the control plane, one call at a time."""
+
+    def __init__(
+        self, *, url: str, bundle_pem: bytes, control_id: str, cert: tuple[Path, Path] | None
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigError(f"--control must be an https://host:port URL, got {url!r}")
+        self.host, self.port = parts.hostname, parts.port or 15012
+        self.control_id = control_id
+        self._bundle_pem = bundle_pem
+        self._cert = cert
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientCodec] | None = None
+        self._lock = asyncio.Lock()
+
+    def _context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.check_hostname = False  # SPIFFE: the identity is the URI SAN, checked below
+        ctx.load_verify_locations(cadata=self._bundle_pem.decode())
+        if self._cert is not None:
+            ctx.load_cert_chain(*self._cert)
+        return ctx
+
+    def use(self, *, bundle_pem: bytes, cert: tuple[Path, Path] | None) -> None:
+        """New trust or a renewed certificate: the next call reconnects with them."""
+        self._bundle_pem, self._cert = bundle_pem, cert
+        self.reset()
+
+    def reset(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientCodec]:
+        reader, writer = await asyncio.open_connection(
+            self.host, self.port, ssl=self._context(), server_hostname=self.host
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        peer = str(spiffe_id_from_cert_der(der)) if der else None
+        if peer != self.control_id:
+            writer.close()
+            raise IdentityError(f"control plane presented {peer}, expected {self.control_id}")
+        return reader, writer, ClientCodec()
+
+    async def call(
+        self, method: str, target: str, payload: Any = None, *, timeout_s: float = CALL_TIMEOUT_S
+    ) -> tuple[int, bytes]:
+        """One request; OSError/TimeoutError/ProtocolError when the link is broken."""
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(self._call(method, target, payload), timeout_s)
+            except BaseException:
+                self.reset()  # never reuse a connection in an unknown state
+                raise
+
+    async def _call(self, method: str, target: str, payload: Any) -> tuple[int, bytes]:
+        if self._conn is None:
+            self._conn = await self._connect()
+        reader, writer, codec = self._conn
+        body = b"" if payload is None else json.dumps(payload).encode()
+        headers = [(b"host", self.host.encode()), (b"content-length", str(len(body)).encode())]
+        if body:
+            headers.append((b"content-type", b"application/json"))
+        out = codec.send(Request(method=method.encode(), target=target.encode(), headers=headers))
+        if body:
+            out += codec.send(Data(body))
+        writer.write(out + codec.send(EndOfMessage()))
+        await writer.drain()
+        status, data = 0, bytearray()
+        while True:
+            chunk = await reader.read(65536)
+            for event in codec.feed(chunk):
+                if isinstance(event, Response):
+                    status = event.status
+                elif isinstance(event, Data):
+                    data += event.data
+                elif isinstance(event, EndOfMessage):
+                    if not codec.keep_alive:
+                        self.reset()
+                    return status, bytes(data)
+            if not chunk:
+                raise ProtocolError("control plane closed the connection mid-response")
+
+
+class DynamicProxy:
+    """The sidecar's control-plane side: identity, snapshots, renewal, outages."""
+
+    def __init__(self, settings: DynamicSettings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or MonotonicClock()
+        self.proxy_id = f"{settings.workload}-{secrets.token_hex(4)}"
+        self.applied: str | None = None  # version serving now
+        self.seen: str | None = None  # last version received (maybe NACKed)
+        self.server: Any = None  # ProxyServer once the first snapshot is live
+        self.renewer = Renewer()
+        self.credential: Credential | None = None
+        state = settings.state_dir
+        self.cert_path, self.key_path = state / "cert.pem", state / "key.pem"
+        self.bundle_path = state / "bundle.pem"
+        self.client: ControlClient | None = None
+        self.admin: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- identity -------------------------------------------------------------------
+
+    def _prepare_state_dir(self) -> None:
+        state = self.settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)  # the key lives here: nobody else may list or read it
+
+    def _requested_id(self) -> SpiffeId:
+        if self.credential is not None:
+            return self.credential.spiffe_id
+        if self.settings.token is None:
+            raise ConfigError("--token is required for the first start (no certificate yet)")
+        try:
+            sub = jwt.decode(self.settings.token, options={"verify_signature": False})["sub"]
+        except (jwt.InvalidTokenError, KeyError) as exc:
+            raise ConfigError(f"--token is not a meshlet join token: {exc}") from exc
+        return SpiffeId.parse(str(sub))
+
+    def _load_existing(self) -> None:
+        """Reuse a still-valid certificate from an earlier run (tokens are single-use)."""
+        try:
+            cred = Credential.from_pem(self.cert_path.read_bytes(), self.key_path.read_bytes())
+        except (OSError, IdentityError, ValueError):
+            return
+        if cred.valid_at(self.clock.wall()):
+            self.credential = cred
+
+    def _bundle_pem(self) -> bytes:
+        path = self.settings.bundle or self.bundle_path
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot read the trust bundle ({exc.strerror}); pass --bundle"
+            ) from exc
+
+    async def _fetch_svid(self) -> None:
+        """Enroll (join token) or renew (current SVID over mTLS); install the result."""
+        assert self.client is not None, "BUG: no control client"
+        spiffe_id = self._requested_id()
+        csr_pem, key_pem = make_csr(spiffe_id)
+        payload: dict[str, str] = {"csr": csr_pem.decode()}
+        if self.credential is None and self.settings.token is not None:
+            payload["token"] = self.settings.token
+        status, body = await self.client.call("POST", "/v1/identity", payload)
+        if status != 200:
+            raise IdentityError(f"control plane refused the CSR ({status}): {_error(body)}")
+        answer = json.loads(body)
+        chain = answer["cert_chain"].encode()
+        cred = Credential.from_pem(chain, key_pem)
+        write_atomic(self.key_path, key_pem, mode=0o600)
+        write_atomic(self.cert_path, chain, mode=0o644)
+        write_atomic(self.bundle_path, answer["bundle"].encode(), mode=0o644)
+        self.credential = cred
+        self.client.use(bundle_pem=answer["bundle"].encode(), cert=(self.cert_path, self.key_path))
+        jitter = secrets.randbelow(1000) / 1000 * cred.lifetime_s * 0.1
+        self.renewer.on_installed(cred, jitter_s=jitter)
+        if self.server is not None:
+            self.server.reload_identity()
+        logger.info("svid_installed", extra={"spiffe_id": str(cred.spiffe_id)})
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def build_config(self, snapshot: dict[str, Any]) -> BootstrapConfig:
+        """Merge a snapshot with the local settings and validate it like a
+        bootstrap file; ConfigError says what is wrong (the NACK reason)."""
+        s = self.settings
+        data: dict[str, Any] = json.loads(json.dumps(snapshot["bootstrap"]))
+        data["identity"] = {
+            "cert": str(self.cert_path),
+            "key": str(self.key_path),
+            "bundle": str(self.bundle_path),
+        }
+        data["admin"] = str(s.admin) if s.admin is not None else None
+        data.setdefault("outbound", {})["listen"] = str(s.outbound)
+        version = str(snapshot["version"])
+        if "inbound" in data:
+            data["inbound"]["listen"] = str(s.inbound)
+            if s.app is not None:
+                data["inbound"]["app"] = str(s.app)
+            elif "app" not in data["inbound"]:
+                raise ConfigError("no app address: pass --app (mesh.yaml names no port)")
+            if snapshot.get("policies"):
+                data["inbound"]["policies"] = [
+                    str(self._write_documents("policies", snapshot["policies"]))
+                ]
+        if snapshot.get("routing"):
+            data["outbound"]["routing"] = [
+                str(self._write_documents("routing", snapshot["routing"]))
+            ]
+        return parse_bootstrap(Document(data=data, file=f"<snapshot {version}>", index=0, line=1))
+
+    def _write_documents(self, kind: str, documents: list[Any]) -> Path:
+        """Documents as a YAML stream (JSON is YAML), named by content so an
+        unchanged set keeps its path and ``apply_config`` sees no change."""
+        text = "\n---\n".join(json.dumps(d, sort_keys=True) for d in documents) + "\n"
+        digest = _digest(text)
+        path = self.settings.state_dir / f"{kind}-{digest}.yaml"
+        if not path.exists():
+            write_atomic(path, text.encode(), mode=0o600)
+        return path
+
+    async def _apply(self, snapshot: dict[str, Any]) -> str | None:
+        """Make ``snapshot`` live; return None on success, else the NACK reason."""
+        try:
+            config = self.build_config(snapshot)
+            if self.server is None:
+                await self._start_server(config)
+            else:
+                self.server.apply_config(config)
+        except MeshError as exc:
+            return str(exc)
+        self.applied = str(snapshot["version"])
+        logger.info("snapshot_applied", extra={"snapshot_version": self.applied})
+        return None
+
+    async def _start_server(self, config: BootstrapConfig) -> None:
+        from meshlet.proxy.server import ProxyServer
+        from meshlet.telemetry.metrics import GoldenMetrics
+
+        metrics = GoldenMetrics(
+            workload=config.workload.name or self.settings.workload,
+            namespace=config.workload.namespace or "unknown",
+        )
+        server = ProxyServer(config, metrics=metrics, clock=self.clock)
+        await server.start()
+        self.server = server
+        if config.admin is not None:
+            from meshlet.proxy.admin import AdminServer
+
+            self.admin = AdminServer(server, metrics, clock=self.clock, worker=0)
+            await self.admin.start(config.admin.host, config.admin.port)
+        self._announce()
+
+    def _announce(self) -> None:
+        def fmt(addr: tuple[str, int] | None) -> str | None:
+            return None if addr is None else f"{addr[0]}:{addr[1]}"
+
+        admin = self.admin
+        line = {
+            "event": "ready",
+            "worker": 0,
+            "pid": os.getpid(),
+            "proxy": self.proxy_id,
+            "inbound": fmt(self.server.inbound_address),
+            "outbound": fmt(self.server.outbound_address),
+            "admin": fmt(admin.address) if admin is not None else None,
+            "spiffe_id": str(self.credential.spiffe_id) if self.credential else None,
+        }
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+    def _advertised(self) -> str | None:
+        address = self.server.inbound_address if self.server is not None else None
+        if address is None:
+            return None
+        host = self.settings.advertise or address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+    async def watch_once(self) -> None:
+        """One long poll; apply and ACK/NACK whatever it brings."""
+        assert self.client is not None, "BUG: no control client"
+        query = {"proxy": self.proxy_id, "workload": self.settings.workload}
+        if self.seen:
+            query["version"] = self.seen
+        address = self._advertised()
+        if address:
+            query["address"] = address
+        status, body = await self.client.call(
+            "GET", f"/v1/watch?{urlencode(query)}", timeout_s=WATCH_TIMEOUT_S
+        )
+        if status == 204:
+            return
+        if status != 200:
+            raise IdentityError(f"watch refused ({status}): {_error(body)}")
+        snapshot = json.loads(body)
+        version = str(snapshot["version"])
+        self.seen = version
+        reason = await self._apply(snapshot)
+        if reason is not None:
+            logger.warning(
+                "snapshot_rejected", extra={"snapshot_version": version, "reason": reason}
+            )
+        ack = {"proxy": self.proxy_id, "version": version, "ok": reason is None}
+        if reason is not None:
+            ack["reason"] = reason
+        await self.client.call("POST", "/v1/ack", ack)
+
+    # -- the loops ---------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.0, self.renewer.next_attempt_at - self.clock.wall()))
+            try:
+                await self._fetch_svid()
+            except (MeshError, OSError, TimeoutError, ValueError, KeyError) as exc:
+                logger.warning("svid_renewal_failed", extra={"error": str(exc)})
+                self.renewer.on_failure(now=self.clock.wall())
+
+    async def _watch_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.watch_once()
+                failures = 0
+            except (OSError, TimeoutError, ProtocolError, IdentityError, ValueError) as exc:
+                delay = _backoff(failures)
+                failures += 1
+                logger.warning(
+                    "control_unreachable", extra={"error": str(exc), "retry_in_s": delay}
+                )
+                await asyncio.sleep(delay)
+
+    async def start(self) -> None:
+        """Get an identity and the first snapshot (retrying with backoff), start
+        serving, and leave the watch and renewal loops running."""
+        self._prepare_state_dir()
+        self._load_existing()
+        if self.credential is not None:
+            self.renewer.on_installed(self.credential)
+        td = self._requested_id().trust_domain
+        cert = (self.cert_path, self.key_path) if self.credential is not None else None
+        self.client = ControlClient(
+            url=self.settings.control,
+            bundle_pem=self._bundle_pem(),
+            control_id=f"spiffe://{td}{CONTROL_PATH}",
+            cert=cert,
+        )
+        attempt = 0
+        while self.credential is None:
+            try:
+                await self._fetch_svid()
+            except (OSError, TimeoutError, ProtocolError) as exc:
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1
+                logger.warning("control_unreachable", extra={"error": str(exc)})
+        while self.server is None:  # the data plane cannot start without a snapshot
+            try:
+                await self.watch_once()
+            except (OSError, TimeoutError, ProtocolError) as exc:
+                logger.warning("control_unreachable", extra={"error": str(exc)})
+            if self.server is None:
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._watch_loop()),
+            loop.create_task(self._renew_loop()),
+        ]
+
+    async def stop(self, drain_s: float) -> None:
+        """Say goodbye (best effort), stop the loops and drain the data plane."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            with contextlib.suppress(OSError, TimeoutError, ProtocolError):
+                q = urlencode({"proxy": self.proxy_id})
+                await self.client.call("POST", f"/v1/leave?{q}", timeout_s=1.0)
+            self.client.reset()
+        if self.server is not None:
+            await self.server.drain(drain_s)
+        if self.admin is not None:
+            await self.admin.close()
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _error(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace")
+
+
+def run_dynamic(settings: DynamicSettings) -> int:
+    """Run a dynamic sidecar until SIGTERM/SIGINT; return the exit status."""
+    import signal
+
+    import uvloop
+
+    async def main() -> int:
+        proxy = DynamicProxy(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        starting = loop.create_task(proxy.start())
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return 1
+        starting.result()  # raise a ConfigError from start-up
+        await stop.wait()
+        drain_s = proxy.server.config.timeouts.drain_s if proxy.server else 0.0
+        await proxy.stop(drain_s)
+        return 0
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
