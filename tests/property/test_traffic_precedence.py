@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshlet.config.istio_networking import (
+from meshlet.config.routing import (
     Destination,
     HostRoutes,
     KeyMatch,

@@ -15,16 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from meshlet.config.durations import parse_duration
-from meshlet.config.istio_networking import (
+from meshlet.config.istio_networking import Duration, Metadata, route_annotations
+from meshlet.config.routing import (
     NO_RETRY,
     BackendKind,
     Destination,
-    Duration,
     HeaderOps,
     HostRoutes,
     KeyMatch,
     MatchKind,
-    Metadata,
     Mirror,
     Precedence,
     RetryPolicy,
@@ -32,7 +31,6 @@ from meshlet.config.istio_networking import (
     Route,
     RouteMatch,
     StringMatch,
-    route_annotations,
 )
 from meshlet.config.source import Document
 from meshlet.config.validation import problems_from

@@ -28,7 +28,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from meshlet.config.istio_networking import LbAlgorithm, LoadBalancer
+from meshlet.config.routing import LbAlgorithm, LoadBalancer
 from meshlet.traffic.hashing import HashRing, MaglevTable, stable_hash
 from meshlet.traffic.match import RequestAttributes
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from meshlet.config.istio_networking import ConnectionPool
+from meshlet.config.routing import ConnectionPool
 
 
 class Overflow(enum.Enum):

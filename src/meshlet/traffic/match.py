@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from meshlet.config.istio_networking import KeyMatch, MatchKind, RouteMatch, StringMatch
+from meshlet.config.routing import KeyMatch, MatchKind, RouteMatch, StringMatch
 
 MODEL_HEADER = "x-model-name"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from meshlet.config.istio_networking import OutlierDetection
+from meshlet.config.routing import OutlierDetection
 
 _GATEWAY = frozenset({0, 502, 503, 504})
 

@@ -23,7 +23,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from meshlet.config.istio_networking import RetryPolicy
+from meshlet.config.routing import RetryPolicy
 
 RETRY_BUFFER_BYTES = 64 * 1024
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshlet.config.istio_networking import (
+from meshlet.config.routing import (
     DEFAULT_RETRY,
     BackendKind,
     Destination,

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from meshlet.config.istio_networking import HostRoutes, MatchKind, Precedence, Route
+from meshlet.config.routing import HostRoutes, MatchKind, Precedence, Route
 from meshlet.traffic.match import (
     CompiledMatch,
     RequestAttributes,

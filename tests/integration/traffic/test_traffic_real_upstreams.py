@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from meshlet.config.istio_networking import OutlierDetection, RetryPolicy
+from meshlet.config.routing import OutlierDetection, RetryPolicy
 from meshlet.traffic.balancer import Endpoint, EndpointPicker, P2CEwma, RoundRobin
 from meshlet.traffic.outlier import OutlierDetector
 from meshlet.traffic.retry import Failure, RetryBudget, decide_retry

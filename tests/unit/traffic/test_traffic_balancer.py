@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from meshlet.clock import ManualClock
-from meshlet.config.istio_networking import LbAlgorithm, LoadBalancer
+from meshlet.config.routing import LbAlgorithm, LoadBalancer
 from meshlet.traffic.balancer import (
     DEFAULT_RTT_S,
     ConsistentHash,

@@ -7,12 +7,7 @@ from pathlib import Path
 import pytest
 
 from meshlet.config.inference import Criticality
-from meshlet.config.istio_networking import (
-    BackendKind,
-    LbAlgorithm,
-    MatchKind,
-    Precedence,
-)
+from meshlet.config.routing import BackendKind, LbAlgorithm, MatchKind, Precedence
 from meshlet.config.source import parse_yaml
 from meshlet.errors import ConfigError
 from meshlet.traffic.loader import RoutingConfig, build_routing, load_routing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshlet.config.istio_networking import (
+from meshlet.config.routing import (
     Destination,
     HostRoutes,
     KeyMatch,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshlet.clock import ManualClock
-from meshlet.config.istio_networking import ConnectionPool, OutlierDetection, RetryPolicy
+from meshlet.config.routing import ConnectionPool, OutlierDetection, RetryPolicy
 from meshlet.traffic.breaker import Overflow, PoolLimits
 from meshlet.traffic.outlier import OutlierDetector
 from meshlet.traffic.retry import (
