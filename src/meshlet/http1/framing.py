@@ -142,6 +142,12 @@ def analyze_request(method: bytes, version: bytes, headers: Headers) -> Framing:
     tokens = connection_tokens(connection) if connection else []
     framing.keep_alive = _keep_alive(version, tokens)
     framing.switch = upgrade and b"upgrade" in tokens
+    if framing.switch and framing.kind != NO_BODY:
+        # RFC 9110 §7.8 wants such content read as HTTP before switching, but
+        # llhttp hands it over as the new protocol's bytes: refuse rather than
+        # let two parsers disagree on where the tunnel starts (WebSocket and
+        # h2c upgrades carry no content).
+        raise RemoteProtocolError("Upgrade request with content", status_hint=400)
     framing.method = method
     framing.version = version
     return framing

@@ -131,11 +131,11 @@ def _check_extensions(text: bytes, status_hint: int) -> None:
             raise _bad("invalid chunk extension name", status_hint)
         if index < end and text[index] == 0x3D:  # '='
             index += 1
+            while index < end and text[index] in _TCHAR_SET:
+                index += 1
+            # llhttp lets a quoted part follow token characters (x"y"); so do we.
             if index < end and text[index] == 0x22:  # '"'
                 index = _skip_quoted(text, index + 1, status_hint)
-            else:
-                while index < end and text[index] in _TCHAR_SET:
-                    index += 1
         if index < end and text[index] != 0x3B:  # ';'
             raise _bad("invalid chunk extension", status_hint)
 
