@@ -44,6 +44,11 @@ CLIENT_ID = "spiffe://cluster.local/ns/bench/sa/client"
 # ----------------------------------------------------------------- child roles
 
 
+def _announce(port_file: str, sock: socket.socket) -> None:
+    """Tell the parent the bound port (a tiny write before serving starts)."""
+    Path(port_file).write_text(str(sock.getsockname()[1]))
+
+
 def _upstream(port_file: str) -> None:
     """1 KiB responses, keep-alive, as fast as uvloop + httptools go."""
     import httptools
@@ -66,7 +71,7 @@ def _upstream(port_file: str) -> None:
     async def main() -> None:
         sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
         await asyncio.get_running_loop().create_server(App, sock=sock)
-        Path(port_file).write_text(str(sock.getsockname()[1]))
+        _announce(port_file, sock)
         await asyncio.Event().wait()
 
     uvloop.run(main())
@@ -136,7 +141,7 @@ def _relay(port_file: str, target_port: int, side: str, certs: str) -> None:
         sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
         ctx = server_ctx if side == "in" else None
         await asyncio.get_running_loop().create_server(Down, sock=sock, ssl=ctx)
-        Path(port_file).write_text(str(sock.getsockname()[1]))
+        _announce(port_file, sock)
         await asyncio.Event().wait()
 
     uvloop.run(main())
@@ -307,10 +312,11 @@ def _meshlet_pair(
     p_in, t_in, _ = _spawn(
         [*meshlet, "proxy", "--config", str(workdir / "in.yaml")], ready_line=True
     )
-    p_out, t_out, _ = _spawn([*meshlet, "proxy", "--config", str(workdir / "out.yaml")],
-                             ready_line=True)  # fmt: skip
-    idle = {"startup_ms": max(t_in, t_out) * 1000, "idle_rss_mib": max(_rss_mib(p_in.pid),
-                                                                       _rss_mib(p_out.pid))}  # fmt: skip
+    p_out, t_out, _ = _spawn(
+        [*meshlet, "proxy", "--config", str(workdir / "out.yaml")], ready_line=True
+    )
+    idle_rss = max(_rss_mib(p_in.pid), _rss_mib(p_out.pid))
+    idle = {"startup_ms": max(t_in, t_out) * 1000, "idle_rss_mib": idle_rss}
     return [p_out, p_in], out_port, idle
 
 
