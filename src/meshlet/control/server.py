@@ -6,10 +6,11 @@ Endpoints (JSON bodies; docs/control.md has the exact shapes):
   current SVID as the TLS client certificate (renewal) -> the signed chain and
   the trust bundle. The CSR must ask for exactly the identity the credential
   proves (``CertificateAuthority.sign_csr_svid`` enforces it).
-- ``GET /v1/watch?proxy=ID&workload=NAME&version=V&address=HOST:PORT`` — a long
+- ``GET /v1/watch?proxy=ID&workload=NAME&version=V&applied=A&address=HOST:PORT`` — a long
   poll over mTLS: answered at once with the workload's snapshot when its version
-  differs from ``V``, otherwise held until it changes or ``hold_s`` passes (204).
-  Each watch registers the proxy and refreshes its lease.
+  differs from ``V`` (the last version it received), otherwise held until it
+  changes or ``hold_s`` passes (204). Each watch registers the proxy, refreshes
+  its lease, and records ``A`` (the version it runs) as acknowledged.
 - ``POST /v1/ack`` — ``{"proxy", "version", "ok", "reason"}``: ACK or NACK.
 - ``POST /v1/leave?proxy=ID`` — a sidecar going away withdraws its endpoint.
 - ``GET /v1/status`` — config digest, last refused change, and every proxy's
@@ -328,6 +329,11 @@ class ControlServer:
         ):
             logger.info("proxy_registered", extra={"proxy": proxy_id, "workload": workload})
             self._notify()
+        applied = q.get("applied")
+        if applied:  # what it runs now; after our restart this is how status learns it
+            record = self.registry.get(proxy_id)
+            if record is not None and record.acked != applied:
+                self.registry.ack(proxy_id, applied)
         known = q.get("version", "")
         deadline = self.clock.monotonic() + self.hold_s
         while True:

@@ -357,6 +357,8 @@ class DynamicProxy:
         query = {"proxy": self.proxy_id, "workload": self.settings.workload}
         if self.seen:
             query["version"] = self.seen
+        if self.applied:
+            query["applied"] = self.applied
         address = self._advertised()
         if address:
             query["address"] = address
