@@ -9,7 +9,7 @@ enum dispatch and regex compilation.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -59,6 +59,33 @@ class RequestAttributes:
             headers=hdrs,
             source_ip=source_ip,
             raw_query=query,
+        )
+
+    @classmethod
+    def from_head(
+        cls,
+        *,
+        host: str,
+        method: bytes,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        source_ip: str = "",
+        model_name: str | None = None,
+    ) -> RequestAttributes:
+        """From an ``http1.events.Request`` head: names are already lowercase bytes;
+        repeated headers are joined with ", " (RFC 9110 §5.3). Latin-1 keeps every
+        byte (RFC 9110 §5.5: field values are octets)."""
+        joined: dict[str, str] = {}
+        for raw_name, raw_value in headers:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            joined[name] = f"{joined[name]}, {value}" if name in joined else value
+        return cls.build(
+            host=host,
+            method=method.decode("latin-1"),
+            target=target.decode("latin-1"),
+            headers=joined,
+            source_ip=source_ip,
+            model_name=model_name,
         )
 
     @property

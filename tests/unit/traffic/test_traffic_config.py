@@ -299,3 +299,23 @@ spec: {selector: {app: m}, targetPortNumber: 8000, extensionRef: {name: epp}}
 """)
     assert cfg.pools["p"].target_ports == (8000,)
     assert cfg.pools["p"].max_concurrency_per_endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "expected"),
+    [
+        ("meshlet.io/max-request-body-bytes", "1MiB", "not a byte count: '1MiB'"),
+        ("meshlet.io/stream-idle-timeout", "30", "missing a unit"),
+    ],
+)
+def test_bad_meshlet_annotations_are_refused(annotation: str, value: str, expected: str) -> None:
+    text = VS.replace(
+        'meshlet.io/max-request-body-bytes: "1048576",\n  meshlet.io/stream-idle-timeout: 5s',
+        f'{annotation}: "{value}"',
+    )
+    with pytest.raises(ConfigError) as info:
+        _load(text)
+    assert any(
+        f"metadata.annotations.{annotation}: {expected}" in p or expected in p
+        for p in info.value.problems
+    ), info.value.problems

@@ -365,3 +365,22 @@ def test_index_buckets_by_model_header_without_changing_the_answer() -> None:
     regex = table.best(RequestAttributes.build(host="svc", method="GET", target="/v1/rex"))
     assert regex is not None
     assert regex.route.name == "any-v1"  # earlier in order than the regex route
+
+
+def test_attributes_from_a_request_head_join_repeated_headers() -> None:
+    a = RequestAttributes.from_head(
+        host="Svc:80",
+        method=b"post",
+        target=b"/p?x=1",
+        headers=[(b"x-a", b"1"), (b"x-a", b"2"), (b"x-b", b"\xe9")],
+        model_name="m",
+    )
+    assert a.headers["x-a"] == "1, 2"
+    assert a.headers["x-b"] == "\u00e9"
+    assert (a.host, a.method, a.path, a.query, a.model_name) == (
+        "svc",
+        "POST",
+        "/p",
+        {"x": "1"},
+        "m",
+    )

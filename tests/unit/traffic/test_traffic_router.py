@@ -201,3 +201,19 @@ def test_plan_is_reproducible_with_a_seed(router: Router) -> None:
     a = [router.plan(attrs("/x"), r).backend for r in [random.Random(5)] for _ in range(50)]
     b = [router.plan(attrs("/x"), r).backend for r in [random.Random(5)] for _ in range(50)]
     assert a == b
+
+
+def test_istio_rewrite_of_a_non_prefix_match_replaces_the_whole_path() -> None:
+    text = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [svc]
+  http:
+  - match: [{uri: {exact: /a/b}}]
+    rewrite: {uri: /c}
+    route: [{destination: {host: svc}}]
+"""
+    router = Router(build_routing(parse_yaml(text, "r.yaml")))
+    assert router.plan(attrs("/a/b?z=1", host="svc"), random.Random(0)).path == "/c?z=1"
