@@ -115,7 +115,7 @@ def test_up_serves_over_mtls_and_stops_with_no_orphans(mesh: Mesh) -> None:
             assert r.headers["x-model-version"] == "v1"
             seen.add(r.headers["x-served-by"])
     assert seen
-    assert seen <= {"resnet-small-v1@inference-0", "resnet-small-v1@inference-1"}
+    assert seen <= {"inference-0", "inference-1"}
     # STRICT: the inbound listener refuses plaintext.
     host, port = mesh.replica("inference-0")["inbound"].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
