@@ -71,6 +71,9 @@ class AdminServer:
         self._extra = extra_metrics
         self._worker = worker
         self._server: asyncio.Server | None = None
+        # Set when a drain starts, so /ready fails at once and load balancers and
+        # kubelet stop sending new work while in-flight requests finish.
+        self.draining = False
         self._routes: dict[bytes, Callable[[], tuple[int, bytes, bytes]]] = {
             b"/ready": self._ready,
             b"/live": self._live,
@@ -102,7 +105,7 @@ class AdminServer:
     # -- endpoints ----------------------------------------------------------
 
     def _ready(self) -> tuple[int, bytes, bytes]:
-        if self._target.ready:
+        if self._target.ready and not self.draining:
             return 200, _TEXT, b"LIVE\n"
         return 503, _TEXT, b"NOT READY\n"
 

@@ -99,6 +99,8 @@ async def serve(
     try:
         await stop.wait()
         logger.info("draining", extra={"deadline_s": config.timeouts.drain_s})
+        if admin is not None:
+            admin.draining = True
         await server.drain(config.timeouts.drain_s)
     finally:
         housekeeping.cancel()

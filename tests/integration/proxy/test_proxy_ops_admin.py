@@ -120,12 +120,15 @@ async def test_certs_uses_the_injected_clock(
     assert cert["not_before"] < cert["not_after"]
 
 
-async def test_ready_turns_503_once_the_proxy_closes(
+async def test_ready_turns_503_when_draining_starts_and_after_close(
     admin: tuple[AdminServer, ProxyServer, ManualClock],
 ) -> None:
     server, proxy, _ = admin
     ready = b"GET /ready HTTP/1.1\r\nconnection: close\r\n\r\n"
     assert (await _exchange(server.address, ready)).startswith(b"HTTP/1.1 200")
+    server.draining = True
+    assert (await _exchange(server.address, ready)).startswith(b"HTTP/1.1 503")
+    server.draining = False
     await proxy.drain(0.1)
     assert (await _exchange(server.address, ready)).startswith(b"HTTP/1.1 503")
 

@@ -127,6 +127,14 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> 
             # Wait until the app holds the request, then ask the proxy to stop.
             await wait_until(lambda: bool(app.headers_seen))
             proxy.process.send_signal(signal.SIGTERM)
+            ready = 200
+            for _ in range(50):  # the admin stays up while draining, answering 503
+                ready = (await http_get(*proxy.address("admin"), "/ready"))[0]
+                if ready == 503:
+                    break
+                await asyncio.sleep(0.02)
+            assert ready == 503
+            assert not slow.done()
             status, _, body = await slow
             assert status == 200, body
             assert json.loads(body)["path"] == "/slow?ms=1500"
