@@ -146,10 +146,9 @@ async def serve_connection(
                 peer=peer,
             )
             response = await handler(request)
-            headers = [
-                *response.headers,
-                (b"content-length", str(len(response.body)).encode()),
-            ]
+            headers = list(response.headers)
+            if response.status not in (204, 304):  # RFC 9110 §8.6: no length on these
+                headers.append((b"content-length", str(len(response.body)).encode()))
             out = codec.send(Response(status=response.status, headers=headers))
             if response.body:
                 out += codec.send(Data(response.body))
