@@ -34,6 +34,75 @@ def namespace_of(principal: str | None) -> str | None:
     return None
 
 
+def strip_port(host: str) -> str:
+    """``a.b:8000`` / ``a.b:*`` -> ``a.b``; ``[::1]:80`` -> ``[::1]``.
+
+    The sidecar sees the Host without its port, so host matching is by name only:
+    Istio's advice to write ``a.b:*`` next to ``a.b`` then still works, and a DENY
+    written for ``a.b:*`` cannot be dodged by leaving the port out.
+    """
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end >= 0 else host
+    if host.count(":") > 1:  # a bare IPv6 address has no port
+        return host
+    name, colon, port = host.rpartition(":")
+    if colon and (port == "*" or port.isdigit()):
+        return name
+    return host
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def normalize_path(path: str) -> str:
+    """The path policies match against: RFC 3986 normalization as Istio's default
+    (``BASE``) does it. Percent-encoded unreserved characters are decoded (§2.3),
+    other escapes (``%2F`` included) are kept with upper-case hex (§6.2.2.1), and
+    ``.``/``..`` segments are removed (§5.2.4), so ``/public/%2e%2e/admin``
+    matches rules about ``/admin``. The query is dropped."""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if "%" in path:
+        out: list[str] = []
+        i = 0
+        while i < len(path):
+            ch = path[i]
+            if ch == "%" and _is_hex(path[i + 1 : i + 3]):
+                decoded = chr(int(path[i + 1 : i + 3], 16))
+                out.append(decoded if decoded in _UNRESERVED else "%" + path[i + 1 : i + 3].upper())
+                i += 3
+            else:
+                out.append(ch)
+                i += 1
+        path = "".join(out)
+    if "." in path:
+        path = _remove_dot_segments(path)
+    return path or "/"
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _remove_dot_segments(path: str) -> str:
+    segments = path.split("/")
+    out: list[str] = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == ".":
+            if last:
+                out.append("")
+        elif segment == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    result = "/".join(out)
+    return result if result.startswith("/") or not path.startswith("/") else "/" + result
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestAttributes:
     """One request (or, with ``http=False``, one opaque TCP connection).

@@ -30,7 +30,13 @@ from meshlet.config.istio_security import (
     Rule,
     Source,
 )
-from meshlet.policy.attributes import Decision, RequestAttributes, Verdict, strip_spiffe
+from meshlet.policy.attributes import (
+    Decision,
+    RequestAttributes,
+    Verdict,
+    strip_port,
+    strip_spiffe,
+)
 from meshlet.policy.matchers import ip_matcher, string_matcher
 
 Pred = Callable[[RequestAttributes], bool]
@@ -132,9 +138,11 @@ def _operation(o: Operation, http: bool) -> Pred:
         not_ports = frozenset(o.not_ports)
         preds.append(lambda r: r.destination_port not in not_ports)
     if http:
+        hosts = [strip_port(h) for h in o.hosts]
+        not_hosts = [strip_port(h) for h in o.not_hosts]
         for values, negate, get, fold in (
-            (o.hosts, False, _host, True),
-            (o.not_hosts, True, _host, True),
+            (hosts, False, _host, True),
+            (not_hosts, True, _host, True),
             (o.methods, False, _method, False),
             (o.not_methods, True, _method, False),
             (o.paths, False, _path, False),
@@ -208,7 +216,7 @@ def _remote_ip(r: RequestAttributes) -> str | None:
 
 
 def _host(r: RequestAttributes) -> str | None:
-    return r.host
+    return strip_port(r.host)
 
 
 def _method(r: RequestAttributes) -> str | None:

@@ -19,7 +19,13 @@ from meshlet.config.istio_security import (
     Rule,
     Source,
 )
-from meshlet.policy.attributes import Decision, RequestAttributes, Verdict, strip_spiffe
+from meshlet.policy.attributes import (
+    Decision,
+    RequestAttributes,
+    Verdict,
+    strip_port,
+    strip_spiffe,
+)
 
 
 def _pattern(pattern: str, value: str | None, fold: bool = False) -> bool:
@@ -89,7 +95,12 @@ def _operation_ok(o: Operation, r: RequestAttributes) -> bool:
     if not r.http:
         return True
     return (
-        _field_ok(o.hosts, o.not_hosts, r.host, fold=True)
+        _field_ok(
+            [strip_port(h) for h in o.hosts],
+            [strip_port(h) for h in o.not_hosts],
+            strip_port(r.host),
+            fold=True,
+        )
         and _field_ok(o.methods, o.not_methods, r.method)
         and _field_ok(o.paths, o.not_paths, r.path)
     )

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from meshlet.clock import Clock
 from meshlet.config.istio_security import (
@@ -33,7 +33,12 @@ from meshlet.config.istio_security import (
 )
 from meshlet.errors import ConfigError
 from meshlet.http1.events import Headers
-from meshlet.policy.attributes import Decision, RequestAttributes, strip_spiffe
+from meshlet.policy.attributes import (
+    Decision,
+    RequestAttributes,
+    normalize_path,
+    strip_spiffe,
+)
 from meshlet.policy.engine import CustomMatch
 from meshlet.policy.jwt import JwtAuthenticator, JwtResult
 from meshlet.policy.scope import (
@@ -157,11 +162,10 @@ class PolicyGate:
         headers: Mapping[str, tuple[str, ...]],
         jwt: JwtResult | None,
     ) -> RequestAttributes:
-        path = info.path.split("?", 1)[0]
         return RequestAttributes(
             http=http,
             method=info.method,
-            path=unquote(path) if "%" in path else path,
+            path=normalize_path(info.path) if http else "",
             host=info.host,
             headers=headers,
             source_principal=strip_spiffe(info.source_principal) if info.source_principal else None,

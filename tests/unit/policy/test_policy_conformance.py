@@ -115,6 +115,13 @@ ALLOW_HOST = policy(
 rules: [{to: [{operation: {hosts: ["httpbin.foo", "*.example.com"]}}]}]
 """,
 )
+DENY_HOST_ANY_PORT = policy(
+    "deny-host-port",
+    """
+action: DENY
+rules: [{to: [{operation: {hosts: ["httpbin.foo:*"]}}]}]
+""",
+)
 DENY_NOT_HOST = policy(
     "deny-not-host",
     """
@@ -522,7 +529,18 @@ CASES = [
     case("host-case-insensitive", (ALLOW_HOST,), {"host": "HttpBin.Foo"}, A, "foo/allow-host", 0),
     case("host-suffix", (ALLOW_HOST,), {"host": "api.example.com"}, A, "foo/allow-host", 0),
     case("host-suffix-miss", (ALLOW_HOST,), {"host": "example.com"}, D),
-    case("host-with-port-is-not-exact", (ALLOW_HOST,), {"host": "httpbin.foo:8000"}, D),
+    case(
+        "host-port-is-ignored", (ALLOW_HOST,), {"host": "httpbin.foo:8000"}, A, "foo/allow-host", 0
+    ),
+    case(
+        "deny-host-star-port-matches-bare-host",
+        (DENY_HOST_ANY_PORT,),
+        {},
+        D,
+        "foo/deny-host-port",
+        0,
+    ),
+    case("deny-host-star-port-other-host", (DENY_HOST_ANY_PORT,), {"host": "other:80"}, A),
     case(
         "not-hosts-denies-other", (DENY_NOT_HOST,), {"host": "evil.foo"}, D, "foo/deny-not-host", 0
     ),

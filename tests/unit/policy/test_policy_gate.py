@@ -223,3 +223,12 @@ def test_tcp_deny_with_http_fields_denies_every_connection(tmp_path: Path) -> No
 def test_custom_policy_with_unknown_provider_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown providers: opa"):
         make_gate(tmp_path, policy("c", "action: CUSTOM\nprovider: {name: opa}\nrules: [{}]"))
+
+
+@pytest.mark.parametrize("path", ["/hello/../admin/x", "/hello/%2e%2e/admin", "/%61dmin"])
+def test_paths_are_normalized_before_matching(tmp_path: Path, path: str) -> None:
+    gate = make_gate(tmp_path)
+    verdict = decide(gate, info(path=path))
+    assert verdict.status == 403
+    (rec,) = records(gate)
+    assert rec["policy"] == "foo/deny-admin"
