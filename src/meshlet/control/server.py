@@ -154,7 +154,13 @@ class ControlServer:
         if task is not None:  # tracked so close() can cut held watches
             self._conns.add(task)
             task.add_done_callback(self._conns.discard)
-        await serve_connection(reader, writer, self._handle)
+        try:
+            await serve_connection(reader, writer, self._handle)
+        except asyncio.CancelledError:
+            # Only close() cancels these leaf tasks. Python 3.11's stream callback
+            # calls task.exception() on them and would log a cancelled one as an
+            # error, so end quietly instead of re-raising.
+            return
 
     # -- TLS -----------------------------------------------------------------------
 
