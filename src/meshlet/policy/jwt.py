@@ -38,6 +38,7 @@ ALGORITHMS = frozenset(
 # Istio's default token locations when a rule names none.
 _DEFAULT_HEADERS = (("authorization", "Bearer "),)
 _DEFAULT_PARAMS = ("access_token",)
+_MAX_VERIFIED = 4096  # cached signature checks per authenticator
 _DECODE_OPTIONS: Options = {
     "verify_signature": True,
     "verify_exp": False,  # checked here against the ``now`` we are given
@@ -87,7 +88,7 @@ class _Found:
 class JwtAuthenticator:
     """The JWT rules of every RequestAuthentication applying to one workload."""
 
-    __slots__ = ("_keys", "_texts", "rules")
+    __slots__ = ("_keys", "_texts", "_verified", "rules")
 
     def __init__(self, rules: Sequence[JwtRule], jwks_by_uri: Mapping[str, str] | None = None):
         """``jwks_by_uri`` holds the fetched JWKS of ``jwksUri`` rules; a rule whose
@@ -95,6 +96,9 @@ class JwtAuthenticator:
         self.rules = tuple(rules)
         fetched = dict(jwks_by_uri or {})
         self._texts = fetched
+        # Signature checks cost tens of microseconds; clients resend the same token
+        # for its whole life. Time and audience are still checked on every request.
+        self._verified: dict[tuple[int, str], dict[str, Any]] = {}
         self._keys: list[tuple[jwt.PyJWK, ...]] = []
         for rule in self.rules:
             text = rule.jwks if rule.jwks is not None else fetched.get(rule.jwks_uri or "")
@@ -171,13 +175,18 @@ class JwtAuthenticator:
         reason = "Jwks doesn't have key to match kid or alg from Jwt"
         for index in dict.fromkeys(rules):
             rule = self.rules[index]
-            claims = self._signed_claims(token, header, algorithm, self._keys[index])
+            cached = self._verified.get((index, token))
+            claims = cached or self._signed_claims(token, header, algorithm, self._keys[index])
             if claims is None:
                 continue
             problem = _time_and_audience(claims, rule, now)
             if problem:
                 reason = problem
                 continue
+            if cached is None:
+                if len(self._verified) >= _MAX_VERIFIED:
+                    self._verified.clear()
+                self._verified[(index, token)] = claims
             return _success(token, claims, rule, locations, index)
         return JwtResult(ok=False, reason=reason)
 

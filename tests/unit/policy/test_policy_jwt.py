@@ -162,3 +162,11 @@ def test_bad_jwks_is_a_config_error() -> None:
         parse_jwks('{"keys": []}', where="inline")
     with pytest.raises(ConfigError, match="invalid JWKS"):
         parse_jwks("{", where="inline")
+
+
+def test_cached_signature_still_checks_expiry() -> None:
+    authenticator = auth()
+    t = token(exp=NOW + 10)
+    assert authenticator.authenticate(bearer(t), "", now=NOW).ok
+    assert authenticator.authenticate(bearer(t), "", now=NOW + 5).ok
+    assert not authenticator.authenticate(bearer(t), "", now=NOW + 10 + CLOCK_SKEW_S + 1).ok
