@@ -79,9 +79,10 @@ class _Base:
         "_discarding",
         "_error",
         "_events",
+        "_fields",
         "_head_raw",
         "_head_started",
-        "_header_bytes",
+        "_header_budget",
         "_headers",
         "_held",
         "_in_head",
@@ -103,7 +104,8 @@ class _Base:
         self._discarding = False
         self._headers: Headers = []
         self._trailers: Headers | None = None
-        self._header_bytes = 0
+        self._fields: Headers | None = None
+        self._header_budget = 0
         self._head_raw = 0
         self._head_started = False
         self._in_head = False
@@ -135,27 +137,30 @@ class _Base:
         self._in_message = True
         self._in_head = True
         self._head_started = True
-        self._headers = []
+        self._headers = self._fields = []
         self._trailers = None
-        self._header_bytes = 0
+        self._header_budget = self._limits.max_header_bytes
 
-    # httptools calls on_header once per complete field, trailers included.
+    # httptools calls on_header once per complete field, trailers included; this
+    # runs ~10 times per request, so it stays minimal.
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self._limits
-        self._header_bytes += len(name) + len(value)
-        if self._in_head:
-            fields = self._headers
-        else:
-            if self._trailers is None:
-                self._trailers = []
-                self._header_bytes = len(name) + len(value)
-            fields = self._trailers
-        if len(fields) >= limits.max_headers:
-            raise self._fail(f"more than {limits.max_headers} header fields", 431)
-        if self._header_bytes > limits.max_header_bytes:
-            raise self._fail(f"header section over {limits.max_header_bytes} bytes", 431)
         # llhttp keeps trailing whitespace; RFC 9110 §5.5 says it is not part of the value.
-        fields.append((name.lower(), value.rstrip(_OWS)))
+        value = value.rstrip(_OWS)
+        fields = self._fields
+        if fields is None:
+            # The first trailer field: trailers get their own budget.
+            fields = self._fields = self._trailers = []
+            self._header_budget = self._limits.max_header_bytes
+        self._header_budget -= len(name) + len(value)
+        if self._header_budget < 0 or len(fields) >= self._limits.max_headers:
+            raise self._over_limit(fields)
+        fields.append((name.lower(), value))
+
+    def _over_limit(self, fields: Headers) -> RemoteProtocolError:
+        limits = self._limits
+        if len(fields) >= limits.max_headers:
+            return self._fail(f"more than {limits.max_headers} header fields", 431)
+        return self._fail(f"header section over {limits.max_header_bytes} bytes", 431)
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
@@ -208,6 +213,7 @@ class HttptoolsRequestParser(_Base):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._fields = None
         parser = self._parser
         raw_version = parser.get_http_version()
         version = _VERSIONS.get(raw_version) or raw_version.encode("ascii")
@@ -331,6 +337,7 @@ class HttptoolsResponseParser(_Base):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._fields = None
         parser = self._parser
         status: int = parser.get_status_code()
         raw_version = parser.get_http_version()
