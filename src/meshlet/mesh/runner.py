@@ -32,7 +32,7 @@ from meshlet.config.bootstrap import load_bootstrap
 from meshlet.config.istio_security import load_security_paths
 from meshlet.config.mesh import MeshConfig
 from meshlet.errors import ConfigError, MeshError, UpstreamError
-from meshlet.identity.ca import CertificateAuthority
+from meshlet.identity.ca import DEFAULT_SVID_TTL_S, CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
 from meshlet.mesh.plan import HOST, Features, MeshPlan, ReplicaPlan, bootstrap_for, plan_mesh
 from meshlet.mesh.ports import START_ATTEMPTS, PortPicker, looks_like_port_clash
@@ -50,6 +50,13 @@ from meshlet.traffic.loader import load_routing
 SIDECAR_READY_TIMEOUT_S = 20.0  # a sidecar is ready in well under a second; 2 cores are shared
 APP_READY_TIMEOUT_S = 90.0  # importing torch and building a model takes seconds
 STOP_GRACE_S = 5.0  # matches the proxy's default drain deadline
+RENEW_CHECK_S = 30.0  # how often SVID ages are looked at; renewal is at half-life (12 h)
+
+
+def renew_due(issued_at: float, not_after: float, now: float, fraction: float = 0.5) -> bool:
+    """Renew once ``fraction`` of the lifetime has passed; half by default, as Istio
+    and SPIRE do: plenty of time to retry, and a leaked key is useful for half as long."""
+    return now >= issued_at + (not_after - issued_at) * fraction
 
 
 class PortClash(MeshError):
@@ -91,7 +98,16 @@ class MeshRunner:
         features: Features | None = None,
         python: str = sys.executable,
         clock: Clock | None = None,
+        svid_ttl_s: float = DEFAULT_SVID_TTL_S,
+        renew_check_s: float = RENEW_CHECK_S,
+        renew_fraction: float = 0.5,
     ) -> None:
+        self.renew_fraction = renew_fraction
+        self.svid_ttl_s = svid_ttl_s
+        self.renew_check_s = renew_check_s
+        self.svid_windows: dict[str, tuple[float, float]] = {}  # replica -> validity
+        self.renewals = 0
+        self._ca: CertificateAuthority | None = None
         self.clock = clock or MonotonicClock()
         self.started_at = 0.0
         self.config = config
@@ -160,16 +176,41 @@ class MeshRunner:
             plan = plan_mesh(self.config, next_port=picker, python=self.python)
         finally:
             picker.release()  # closed just before start: the documented race (ports.py)
-        now = self.clock.wall()
+        self._ca = ca
         for r in plan.replicas:
             r.directory.mkdir(parents=True, exist_ok=True)
-            ca.issue(SpiffeId.parse(r.spiffe_id), now=now).write(r.directory)
+            self._issue(r)
             text = yaml.safe_dump(bootstrap_for(plan, r, self.features), sort_keys=False)
             r.bootstrap_path.write_text(text, encoding="utf-8")
             load_bootstrap(r.bootstrap_path)  # our own output must pass the proxy's checks
         if self.config.audit:
             (self.config.state_dir / "audit").mkdir(parents=True, exist_ok=True)
         return plan
+
+    def _issue(self, replica: ReplicaPlan) -> None:
+        """A fresh key and SVID into the replica's directory; the sidecar notices the
+        new files within a second and swaps them in with no dropped request."""
+        assert self._ca is not None, "BUG: issuing before the CA is loaded"
+        now = self.clock.wall()
+        svid = self._ca.issue(SpiffeId.parse(replica.spiffe_id), now=now, ttl_s=self.svid_ttl_s)
+        svid.write(replica.directory)
+        # From the issue time, not not_before: certificates are backdated for skew.
+        self.svid_windows[replica.name] = (now, svid.not_after)
+
+    async def _renew_forever(self) -> None:
+        interval = min(self.renew_check_s, self.svid_ttl_s * self.renew_fraction / 5)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock.wall()
+            for r in self.replicas:
+                window = self.svid_windows.get(r.plan.name)
+                if window is not None and renew_due(*window, now, self.renew_fraction):
+                    try:
+                        self._issue(r.plan)
+                    except (MeshError, OSError) as exc:  # retried at the next check
+                        self.on_event(f"{r.plan.name}: certificate renewal failed: {exc}")
+                        continue
+                    self.renewals += 1
 
     async def _start_once(self, ca: CertificateAuthority) -> None:
         self.plan = plan = self._prepare(ca)
@@ -180,6 +221,7 @@ class MeshRunner:
         await asyncio.gather(*(self._start_app(r) for r in services))
         await asyncio.gather(*(self._start_app(r) for r in clients))
         self.write_state()
+        self._tasks.append(asyncio.create_task(self._renew_forever()))
         for r in self.replicas:
             self._tasks.append(asyncio.create_task(self._watch(r.sidecar)))
             if r.app is not None:
