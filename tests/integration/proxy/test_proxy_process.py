@@ -1,0 +1,111 @@
+"""Real `meshlet proxy` processes: a large upload passes in bounded memory,
+SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from tests.integration.proxy.conftest import CLIENT_ID, SERVER_ID, Pki
+from tests.integration.proxy.proxy_app import start_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+T = 20.0
+UPLOAD = 256 * 1024 * 1024
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def _start_proxy(config: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meshlet",
+        "proxy",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), T)
+    if not line:
+        err = await proc.stderr.read() if proc.stderr else b""
+        raise AssertionError(f"proxy did not start: {err.decode()}")
+    ready = json.loads(line)
+    assert ready["event"] == "ready"
+    return proc, ready
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), T)
+
+
+async def test_large_upload_bounded_memory_and_sigterm_exit_0(pki: Pki, tmp_path: Path) -> None:
+    app, stats, app_port = await start_app()
+    server, client = pki.files(SERVER_ID, "server"), pki.files(CLIENT_ID, "client")
+    (tmp_path / "in.yaml").write_text(
+        f"identity: {{cert: {server.cert}, key: {server.key}, bundle: {server.bundle}}}\n"
+        "admin: null\n"
+        f"inbound: {{listen: '127.0.0.1:0', app: '127.0.0.1:{app_port}'}}\n"
+    )
+    procs = []
+    try:
+        inbound, ready_in = await _start_proxy(tmp_path / "in.yaml")
+        procs.append(inbound)
+        (tmp_path / "out.yaml").write_text(
+            f"identity: {{cert: {client.cert}, key: {client.key}, bundle: {client.bundle}}}\n"
+            "admin: null\n"
+            "outbound:\n  listen: '127.0.0.1:0'\n  services:\n    inference:\n"
+            f"      endpoints: [{{address: '{ready_in['inbound']}', identity: '{SERVER_ID}'}}]\n"
+        )
+        outbound, ready_out = await _start_proxy(tmp_path / "out.yaml")
+        procs.append(outbound)
+        pids = [inbound.pid, outbound.pid]
+        before = [_rss_mib(p) for p in pids]
+        peak = list(before)
+
+        async def sample() -> None:
+            while True:
+                for i, p in enumerate(pids):
+                    peak[i] = max(peak[i], _rss_mib(p))
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        host, port = ready_out["outbound"].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /count HTTP/1.1\r\nhost: inference\r\ncontent-length: %d\r\n\r\n" % UPLOAD
+        )
+        piece = b"z" * (1024 * 1024)
+        for _ in range(UPLOAD // len(piece)):  # bounded: 256 writes
+            writer.write(piece)
+            await asyncio.wait_for(writer.drain(), T)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+        body = await asyncio.wait_for(reader.readuntil(b"}"), T)
+        sampler.cancel()
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200")
+        assert json.loads(body) == {"bytes": UPLOAD}
+        growth = [p - b for p, b in zip(peak, before, strict=True)]
+        assert max(growth) < 64, f"RSS grew {growth} MiB for a {UPLOAD >> 20} MiB upload"
+        codes = [await _stop(p) for p in procs]
+        assert codes == [0, 0]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+        app.close()
+        stats.close_all()
