@@ -102,6 +102,7 @@ class ControlClient:
         self._cert = cert
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientCodec] | None = None
         self._lock = asyncio.Lock()
+        self._stale = False
 
     def _context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -113,9 +114,10 @@ class ControlClient:
         return ctx
 
     def use(self, *, bundle_pem: bytes, cert: tuple[Path, Path] | None) -> None:
-        """New trust or a renewed certificate: the next call reconnects with them."""
+        """New trust or a renewed certificate: the next call reconnects with them
+        (a call in flight, such as a held watch, finishes on the old connection)."""
         self._bundle_pem, self._cert = bundle_pem, cert
-        self.reset()
+        self._stale = True
 
     def reset(self) -> None:
         if self._conn is not None:
@@ -138,6 +140,9 @@ class ControlClient:
     ) -> tuple[int, bytes]:
         """One request; OSError/TimeoutError/ProtocolError when the link is broken."""
         async with self._lock:
+            if self._stale:
+                self.reset()
+                self._stale = False
             try:
                 return await asyncio.wait_for(self._call(method, target, payload), timeout_s)
             except BaseException:
@@ -220,7 +225,12 @@ class DynamicProxy:
             self.credential = cred
 
     def _bundle_pem(self) -> bytes:
-        path = self.settings.bundle or self.bundle_path
+        """Once enrolled, the bundle the control plane sent (it follows root
+        rotations); before, the one given on the command line."""
+        enrolled = self.credential is not None and self.bundle_path.exists()
+        path = (
+            self.bundle_path if enrolled or self.settings.bundle is None else self.settings.bundle
+        )
         try:
             return path.read_bytes()
         except OSError as exc:
@@ -231,12 +241,22 @@ class DynamicProxy:
     async def _fetch_svid(self) -> None:
         """Enroll (join token) or renew (current SVID over mTLS); install the result."""
         assert self.client is not None, "BUG: no control client"
+        # Its own connection: the watch connection may be held for a long poll.
+        client = ControlClient(
+            url=self.settings.control,
+            bundle_pem=self._bundle_pem(),
+            control_id=self.client.control_id,
+            cert=(self.cert_path, self.key_path) if self.credential is not None else None,
+        )
         spiffe_id = self._requested_id()
         csr_pem, key_pem = make_csr(spiffe_id)
         payload: dict[str, str] = {"csr": csr_pem.decode()}
         if self.credential is None and self.settings.token is not None:
             payload["token"] = self.settings.token
-        status, body = await self.client.call("POST", "/v1/identity", payload)
+        try:
+            status, body = await client.call("POST", "/v1/identity", payload)
+        finally:
+            client.reset()
         if status != 200:
             raise IdentityError(f"control plane refused the CSR ({status}): {_error(body)}")
         answer = json.loads(body)

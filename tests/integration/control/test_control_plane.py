@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -193,3 +194,53 @@ async def test_unappliable_snapshot_is_nacked_and_old_one_kept(
     assert echo.seen == nack["version"]
     assert await get_status(front) == 200  # still serving on the last good snapshot
     assert TD in echo.server.identity.spiffe_id
+
+
+async def test_renewal_under_load_keeps_serving(
+    config_dir: Path, ca: CertificateAuthority, tmp_path: Path, app: App
+) -> None:
+    # 60 s is the CA's shortest SVID; with its 60 s backdating the Renewer is due
+    # within seconds, so renewals happen during the test.
+    control = ControlServer(
+        config_dir=config_dir, ca=ca, hold_s=2.0, poll_s=0.2, resync_grace_s=0.0, svid_ttl_s=60.0
+    )
+    await control.start(socket.create_server(("127.0.0.1", 0)))
+    echo = DynamicProxy(settings(control, ca, tmp_path, "echo", ECHO_ID))
+    front = DynamicProxy(settings(control, ca, tmp_path, "frontend", FRONTEND_ID))
+    try:
+        await echo.start()
+        await front.start()
+        await eventually(lambda: _has_echo_endpoint(front))
+        serials = (echo.server.identity.serial, front.server.identity.serial)
+        address = front.server.outbound_address
+        ok, failed = 0, []
+        async with httpx.AsyncClient(
+            proxy=f"http://{address[0]}:{address[1]}", timeout=5.0
+        ) as client:
+            deadline = time.monotonic() + 40.0
+            while time.monotonic() < deadline:
+                response = await client.get("http://echo/hello")
+                if response.status_code == 200:
+                    ok += 1
+                else:
+                    failed.append(response.status_code)
+                renewed = (echo.server.identity.serial, front.server.identity.serial)
+                if all(a != b for a, b in zip(renewed, serials, strict=True)) and ok > 50:
+                    break
+        assert failed == []
+        assert echo.server.identity.serial != serials[0], "echo never renewed"
+        assert front.server.identity.serial != serials[1], "frontend never renewed"
+        # The control plane sees the renewed certificates on the watch connections.
+        assert echo.credential is not None
+        renewed_until = echo.credential.not_after
+        await eventually(
+            lambda: all(
+                p["cert_not_after"] >= renewed_until - 1
+                for p in control.status()["proxies"]
+                if p["workload"] == "echo"
+            )
+        )
+    finally:
+        await front.stop(0.5)
+        await echo.stop(0.5)
+        await control.close()
