@@ -103,9 +103,13 @@ def _remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") or not path.startswith("/") else "/" + result
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestAttributes:
     """One request (or, with ``http=False``, one opaque TCP connection).
+
+    Not frozen, like the proxy's ``RequestInfo``: one is built per request on the
+    hot path and a frozen dataclass's ``object.__setattr__`` per field costs more
+    than the evaluation itself. Treat it as read-only.
 
     ``source_principal`` is the peer's identity from its verified client
     certificate (None without mTLS); ``request_principal`` is ``iss/sub`` of a

@@ -358,10 +358,18 @@ _NO_ALLOW_MATCH = Decision(
 class CompiledPolicies:
     """The authorization policies of one workload, ready to evaluate."""
 
-    __slots__ = ("_has_allow", "_http", "_tcp", "policies")
+    __slots__ = ("_has_allow", "_http", "_tcp", "header_names", "policies")
 
     def __init__(self, policies: Sequence[AuthorizationPolicy]) -> None:
         self.policies = tuple(policies)
+        # the request headers any condition reads: the caller decodes only these
+        self.header_names = frozenset(
+            c.key[len("request.headers[") : -1].lower()
+            for p in self.policies
+            for rule in p.rules
+            for c in rule.conditions
+            if c.key.startswith("request.headers[")
+        )
         self._has_allow = any(p.action is Action.ALLOW for p in self.policies)
         self._http = {a: _Index(self._entries(a, http=True)) for a in Action}
         self._tcp = {a: _Index(self._entries(a, http=False)) for a in Action}

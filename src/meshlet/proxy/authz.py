@@ -64,11 +64,16 @@ _MAX_PENDING_AUDIT = 10_000
 _ALLOW = GateVerdict(allowed=True)
 
 
-def _headers(raw: Headers) -> dict[str, tuple[str, ...]]:
+def _headers(raw: Headers, wanted: frozenset[bytes]) -> dict[str, tuple[str, ...]]:
+    """The ``wanted`` headers (lowercase; the codec already lowercases names),
+    decoded; the rest are never looked at."""
     out: dict[str, tuple[str, ...]] = {}
+    if not wanted:
+        return out
     for name, value in raw:
-        key = name.decode("latin-1").lower()
-        out[key] = (*out.get(key, ()), value.decode("latin-1"))
+        if name in wanted:
+            key = name.decode("latin-1")
+            out[key] = (*out.get(key, ()), value.decode("latin-1"))
     return out
 
 
@@ -105,6 +110,14 @@ class PolicyGate:
         self._refreshing = False
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._strict = security.mtls_mode(app_port) is MtlsMode.STRICT
+        self._wanted_headers = frozenset(
+            name.encode("latin-1")
+            for name in (
+                *security.authorization.header_names,
+                *(h for r in authenticator.rules for h, _ in r.from_headers),
+                *(["authorization"] if authenticator.rules else []),
+            )
+        )
 
     # -- the InboundGate protocol ----------------------------------------------
 
@@ -180,7 +193,7 @@ class PolicyGate:
         )
 
     def _authenticate(self, info: RequestInfo) -> tuple[dict[str, tuple[str, ...]], JwtResult]:
-        headers = _headers(info.headers)
+        headers = _headers(info.headers, self._wanted_headers)
         if not self.authenticator.rules:
             return headers, JwtResult(ok=True)
         query = info.path.split("?", 1)[1] if "?" in info.path else ""
