@@ -38,13 +38,13 @@ from typing import Any
 
 from meshlet.clock import Clock, MonotonicClock
 from meshlet.control.http import ApiRequest, ApiResponse, serve_connection
+from meshlet.control.ledger import load_ledger, record_used
 from meshlet.control.registry import DEFAULT_LEASE_S, Registry
 from meshlet.control.snapshot import Snapshot, compile_snapshot, find_workload
 from meshlet.control.store import ConfigStore, dir_signature, load_config_dir
 from meshlet.errors import ConfigError, IdentityError
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
-from meshlet.identity.tokens import TokenLedger
 
 __all__ = ["CONTROL_NAMESPACE", "CONTROL_SERVICE_ACCOUNT", "ControlServer", "control_spiffe_id"]
 
@@ -95,7 +95,8 @@ class ControlServer:
         self.resync_grace_s = resync_grace_s
         self.svid_ttl_s = svid_ttl_s
         self.registry = Registry(lease_s=lease_s)
-        self.ledger = TokenLedger()
+        self._ledger_path = ca.directory / "control" / "used-tokens"
+        self.ledger = load_ledger(self._ledger_path, now=self.clock.wall())
         source = load_config_dir(config_dir)  # a bad config at start is fatal
         if source.mesh.trust_domain != ca.trust_domain:
             raise ConfigError(
@@ -278,7 +279,9 @@ class ControlServer:
         now = self.clock.wall()
         try:
             if isinstance(token, str):
-                proven = self.ca.verify_join_token(token, now=now, ledger=self.ledger).spiffe_id
+                claims = self.ca.verify_join_token(token, now=now, ledger=self.ledger)
+                record_used(self._ledger_path, claims.token_id, claims.expires_at)
+                proven = claims.spiffe_id
             elif request.peer is not None:
                 proven = SpiffeId.parse(request.peer.spiffe_id)
             else:

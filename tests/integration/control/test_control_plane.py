@@ -244,3 +244,30 @@ async def test_renewal_under_load_keeps_serving(
         await front.stop(0.5)
         await echo.stop(0.5)
         await control.close()
+
+
+async def test_used_token_stays_used_across_a_restart(
+    control: ControlServer, ca: CertificateAuthority, config_dir: Path
+) -> None:
+    token = ca.issue_join_token(SpiffeId.parse(FRONTEND_ID), now=time.time())
+    client = api_client(control, ca)
+    csr, _ = make_csr(SpiffeId.parse(FRONTEND_ID))
+    status, _body = await client.call("POST", "/v1/identity", {"csr": csr.decode(), "token": token})
+    assert status == 200
+    client.reset()
+    await control.close()
+
+    again = ControlServer(config_dir=config_dir, ca=ca, hold_s=2.0)
+    await again.start(socket.create_server(("127.0.0.1", 0)))
+    try:
+        client = api_client(again, ca)
+        status, body = await client.call(
+            "POST", "/v1/identity", {"csr": csr.decode(), "token": token}
+        )
+        client.reset()
+    finally:
+        await again.close()
+    assert status == 403
+    assert "already used" in json.loads(body)["error"]
+    ledger = ca.directory / "control" / "used-tokens"
+    assert ledger.stat().st_mode & 0o077 == 0
