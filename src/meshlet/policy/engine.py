@@ -313,10 +313,11 @@ class _Index:
             methods = set()
         self._ports = frozenset(ports)
         self._methods = frozenset(methods)
-        self._table: dict[tuple[int | None, str | None], tuple[_Entry, ...]] = {}
+        self._table: dict[int | None, dict[str | None, tuple[_Entry, ...]]] = {}
         for pk in (*ports, None):
+            row = self._table[pk] = {}
             for mk in (*methods, None):
-                self._table[(pk, mk)] = tuple(
+                row[mk] = tuple(
                     e
                     for e in entries
                     if (e.ports is None or pk in e.ports)
@@ -324,9 +325,8 @@ class _Index:
                 )
 
     def candidates(self, port: int, method: str) -> tuple[_Entry, ...]:
-        pk = port if port in self._ports else None
-        mk = method if method in self._methods else None
-        return self._table[(pk, mk)]
+        row = self._table[port if port in self._ports else None]
+        return row[method if method in self._methods else None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,6 +339,8 @@ class CustomMatch:
 
 
 _PAST = {Verdict.ALLOW: "allowed", Verdict.DENY: "denied"}
+_ORDER = (Action.CUSTOM, Action.DENY, Action.ALLOW, Action.AUDIT)
+_CUSTOM, _DENY, _ALLOW, _AUDIT = range(4)
 _NO_ALLOW_POLICY = Decision(
     action=Verdict.ALLOW,
     policy=None,
@@ -371,8 +373,9 @@ class CompiledPolicies:
             if c.key.startswith("request.headers[")
         )
         self._has_allow = any(p.action is Action.ALLOW for p in self.policies)
-        self._http = {a: _Index(self._entries(a, http=True)) for a in Action}
-        self._tcp = {a: _Index(self._entries(a, http=False)) for a in Action}
+        # tuples indexed by _CUSTOM.._AUDIT: an Enum's hash is a Python-level call per lookup
+        self._http = tuple(_Index(self._entries(a, http=True)) for a in _ORDER)
+        self._tcp = tuple(_Index(self._entries(a, http=False)) for a in _ORDER)
 
     def _entries(self, action: Action, *, http: bool) -> list[_Entry]:
         out: list[_Entry] = []
@@ -413,7 +416,7 @@ class CompiledPolicies:
 
     def match_custom(self, r: RequestAttributes) -> CustomMatch | None:
         """The first CUSTOM policy rule that matches, whose provider must be asked."""
-        entry = self._first((self._http if r.http else self._tcp)[Action.CUSTOM], r)
+        entry = self._first((self._http if r.http else self._tcp)[_CUSTOM], r)
         if entry is None or entry.provider is None:
             return None
         return CustomMatch(provider=entry.provider, policy=entry.policy, rule=entry.rule)
@@ -422,14 +425,14 @@ class CompiledPolicies:
         """DENY, then ALLOW, plus the AUDIT mark (CUSTOM is ``match_custom``)."""
         indexes = self._http if r.http else self._tcp
         decision: Decision | None
-        deny = self._first(indexes[Action.DENY], r)
+        deny = self._first(indexes[_DENY], r)
         if deny is not None:
             decision = deny.decision
         elif not self._has_allow:
             decision = _NO_ALLOW_POLICY
         else:
-            allow = self._first(indexes[Action.ALLOW], r)
+            allow = self._first(indexes[_ALLOW], r)
             decision = allow.decision if allow is not None else _NO_ALLOW_MATCH
         assert decision is not None, "BUG: every entry carries its decision"
-        audit = self._first(indexes[Action.AUDIT], r)
+        audit = self._first(indexes[_AUDIT], r)
         return decision.with_audit(audit.policy) if audit is not None else decision
