@@ -196,6 +196,7 @@ class DynamicProxy:
         self.client: ControlClient | None = None
         self.admin: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
 
     # -- identity -------------------------------------------------------------------
 
@@ -466,6 +467,9 @@ class DynamicProxy:
 
     async def stop(self, drain_s: float) -> None:
         """Say goodbye (best effort), stop the loops and drain the data plane."""
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -271,3 +271,17 @@ async def test_used_token_stays_used_across_a_restart(
     assert "already used" in json.loads(body)["error"]
     ledger = ca.directory / "control" / "used-tokens"
     assert ledger.stat().st_mode & 0o077 == 0
+
+
+async def test_leaving_sidecar_is_withdrawn_from_its_peers(
+    sidecars: tuple[DynamicProxy, DynamicProxy], control: ControlServer
+) -> None:
+    echo, front = sidecars
+    await eventually(lambda: _has_echo_endpoint(front))
+    await echo.stop(0.5)
+    await eventually(lambda: not _has_echo_endpoint(front))
+    assert [p["workload"] for p in control.status()["proxies"]] == ["frontend"]
+    address = front.server.outbound_address
+    async with httpx.AsyncClient(proxy=f"http://{address[0]}:{address[1]}", timeout=5.0) as c:
+        response = await c.get("http://echo/hello")
+    assert response.status_code == 502  # no endpoint left: answered at once, not hung
