@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -22,7 +23,11 @@ from meshlet.proxy.driver_up import UpstreamConnection
 from meshlet.proxy.exchange import Exchange, Listener
 from meshlet.proxy.tls import handshake_failure_reason, peer_spiffe_id
 
-__all__ = ["Cluster", "EndpointPool"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "Cluster", "EndpointPool"]
+
+# Bounds a stuck TLS peer, not a slow one (Envoy's transport_socket_connect_timeout
+# has no default; ops' TCP mode uses the same 10 s).
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class EndpointPool:
@@ -84,27 +89,32 @@ class EndpointPool:
         conn.attach(ex)
 
     async def connect(self) -> UpstreamConnection:
-        """A new connection; raise UpstreamConnectError/UpstreamTimeout saying why."""
+        """A new connection; raise UpstreamConnectError saying why.
+
+        The TCP connect is bounded by ``connect_s`` (is the peer there at all?);
+        the TLS handshake gets its own, longer budget, because a busy peer can
+        take a while to do its share of the handshake and that is not a reason
+        to fail a request (Envoy likewise bounds them separately).
+        """
         loop = asyncio.get_running_loop()
         ctx = self.ssl_context() if self.ssl_context is not None else None
-        timeout = self.listener.timeouts.connect_s
         self.connecting += 1
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
+            sock = await self._tcp_connect(loop)
+            try:
+                _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self, self.listener),
-                    self.address.host,
-                    self.address.port,
+                    sock=sock,
                     ssl=ctx,
                     server_hostname="" if ctx is not None else None,
-                    ssl_handshake_timeout=timeout if ctx is not None else None,
-                ),
-                timeout,
-            )
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ctx is not None else None,
+                )
+            except BaseException:
+                sock.close()
+                raise
         except TimeoutError as exc:
-            if ctx is not None:
-                self.listener.metrics.tls_handshake_failure("timeout")
-            raise UpstreamConnectError(f"connect to {self.address} timed out") from exc
+            self.listener.metrics.tls_handshake_failure("timeout")
+            raise UpstreamConnectError(f"TLS handshake with {self.address} timed out") from exc
         except ssl.SSLError as exc:
             self.listener.metrics.tls_handshake_failure(handshake_failure_reason(exc))
             raise UpstreamConnectError(f"TLS to {self.address} failed: {exc.reason}") from exc
@@ -123,6 +133,23 @@ class EndpointPool:
                     f"{self.address} presented identity {peer or 'none'}, expected {self.identity}"
                 )
         return conn
+
+    async def _tcp_connect(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        host, port = self.address.host, self.address.port
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (host, port)), self.listener.timeouts.connect_s
+            )
+        except TimeoutError as exc:
+            sock.close()
+            raise UpstreamConnectError(f"connect to {self.address} timed out") from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed:
