@@ -107,7 +107,5 @@ async def test_large_upload_bounded_memory_and_sigterm_exit_0(pki: Pki, tmp_path
             if p.returncode is None:
                 p.kill()
                 await p.wait()
-            if p.stderr is not None:
-                print("STDERR", (await p.stderr.read()).decode()[-3000:])
         app.close()
         stats.close_all()
