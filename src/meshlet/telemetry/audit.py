@@ -51,12 +51,30 @@ def _line_hash(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def seal(record: Mapping[str, Any], *, seq: int, prev: str) -> tuple[str, str]:
-    """The chained line for ``record`` (no newline) and its hash."""
-    body_obj = {**record, "seq": seq, "prev": prev}
-    body = _dumps(body_obj)
-    digest = _line_hash(body)
-    return f'{body[:-1]},"hash":"{digest}"}}', digest
+_RESERVED = frozenset({"seq", "prev", "hash"})
+
+
+def seal(
+    record: Mapping[str, Any], *, seq: int, prev: str, wall: float | None = None
+) -> tuple[bytes, str]:
+    """The chained line for ``record`` (with its newline) and the line's hash.
+
+    The body is the compact JSON of ``{"time": wall, **record, "seq", "prev"}``,
+    built by string concatenation around one ``json`` call (no dict copies: this
+    runs once per audit event); ``verify`` recomputes it with ``json.dumps``.
+    """
+    if _RESERVED & record.keys():
+        record = {k: v for k, v in record.items() if k not in _RESERVED}
+    inner = _dumps(record)[1:-1]
+    head = (
+        "{"
+        if wall is None or "time" in record
+        else f'{{"time":{round(wall, 6)!r}' + ("," if inner else "")
+    )
+    tail = f'"seq":{seq},"prev":"{prev}"}}'
+    body = (head + inner + ("," if inner or head != "{" else "") + tail).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"hash":"' + digest.encode() + b'"}\n', digest
 
 
 def rotated_files(path: str | Path) -> list[Path]:
@@ -185,10 +203,7 @@ class AuditLog:
         chunks: list[bytes] = []
         size = self._size
         for wall, event in batch:
-            if "time" not in event:
-                event = {"time": round(wall, 6), **event}
-            line, self._prev = seal(event, seq=self._seq, prev=self._prev)
-            data = line.encode() + b"\n"
+            data, self._prev = seal(event, seq=self._seq, prev=self._prev, wall=wall)
             self._seq += 1
             if size + len(data) > self._max_bytes and size > 0:
                 self._file.write(b"".join(chunks))
