@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from meshlet.clock import Clock, MonotonicClock
+from meshlet.control import api
 from meshlet.control.http import ApiRequest, ApiResponse, serve_connection
-from meshlet.control.ledger import load_ledger, record_used
+from meshlet.control.ledger import load_ledger
 from meshlet.control.registry import DEFAULT_LEASE_S, Registry
-from meshlet.control.snapshot import Snapshot, compile_snapshot, find_workload
+from meshlet.control.snapshot import Snapshot, compile_snapshot
 from meshlet.control.store import ConfigStore, dir_signature, load_config_dir
 from meshlet.errors import ConfigError, IdentityError
 from meshlet.identity.ca import CertificateAuthority
@@ -95,8 +96,8 @@ class ControlServer:
         self.resync_grace_s = resync_grace_s
         self.svid_ttl_s = svid_ttl_s
         self.registry = Registry(lease_s=lease_s)
-        self._ledger_path = ca.directory / "control" / "used-tokens"
-        self.ledger = load_ledger(self._ledger_path, now=self.clock.wall())
+        self.ledger_path = ca.directory / "control" / "used-tokens"
+        self.ledger = load_ledger(self.ledger_path, now=self.clock.wall())
         source = load_config_dir(config_dir)  # a bad config at start is fatal
         if source.mesh.trust_domain != ca.trust_domain:
             raise ConfigError(
@@ -199,7 +200,7 @@ class ControlServer:
                         extra={"proxy": record.proxy_id, "workload": record.workload},
                     )
                 if gone:
-                    self._notify()
+                    self.notify()
                 if self._ssl is not None and self.clock.wall() >= self._svid_renew_at:
                     self._load_own_svid(self._ssl)
             except (OSError, IdentityError) as exc:
@@ -231,10 +232,10 @@ class ControlServer:
             )
         elif changed:
             logger.info("config_applied", extra={"config_digest": self.store.current.digest})
-            self._notify()
+            self.notify()
         return changed
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         """Wake every held watch: something they may care about changed."""
         woken, self._wake = self._wake, asyncio.Event()
         woken.set()
@@ -251,80 +252,35 @@ class ControlServer:
             self._cache[workload] = (key, snap)
         return snap
 
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` returns (no keys, no tokens)."""
+        return api.status(self)
+
     # -- request handling ------------------------------------------------------------------
 
     async def _handle(self, request: ApiRequest) -> ApiResponse:
         route = (request.method, request.path)
         try:
             if route == ("POST", "/v1/identity"):
-                return self._identity(request)
+                return api.identity(self, request)
             if route == ("GET", "/v1/watch"):
                 return await self._watch(request)
             if route == ("POST", "/v1/ack"):
-                return self._ack(request)
+                return api.ack(self, request)
             if route == ("POST", "/v1/leave"):
-                return self._leave(request)
+                return api.leave(self, request)
             if route == ("GET", "/v1/status"):
                 return ApiResponse.of(200, self.status())
         except ValueError as exc:  # bad JSON or a missing field: the client's mistake
             return ApiResponse.error(400, str(exc))
         return ApiResponse.error(404, f"no such endpoint: {request.method} {request.path}")
 
-    def _identity(self, request: ApiRequest) -> ApiResponse:
-        body = request.json()
-        csr = body.get("csr")
-        if not isinstance(csr, str):
-            raise ValueError("'csr' (PEM text) is required")
-        token = body.get("token")
-        now = self.clock.wall()
-        try:
-            if isinstance(token, str):
-                claims = self.ca.verify_join_token(token, now=now, ledger=self.ledger)
-                record_used(self._ledger_path, claims.token_id, claims.expires_at)
-                proven = claims.spiffe_id
-            elif request.peer is not None:
-                proven = SpiffeId.parse(request.peer.spiffe_id)
-            else:
-                return ApiResponse.error(401, "send a join token or present your current SVID")
-            kwargs = {} if self.svid_ttl_s is None else {"ttl_s": self.svid_ttl_s}
-            issued = self.ca.sign_csr_svid(csr.encode(), proven_id=proven, now=now, **kwargs)
-        except IdentityError as exc:
-            logger.warning("identity_refused", extra={"error": str(exc)})
-            return ApiResponse.error(403, str(exc))
-        logger.info(
-            "svid_issued",
-            extra={"spiffe_id": str(proven), "renewal": token is None},
-        )
-        return ApiResponse.of(
-            200,
-            {
-                "spiffe_id": str(issued.spiffe_id),
-                "cert_chain": issued.cert_chain_pem.decode(),
-                "bundle": issued.bundle_pem.decode(),
-                "not_after": issued.not_after,
-            },
-        )
-
-    def _authorize(self, request: ApiRequest, workload: str) -> ApiResponse | None:
-        """The caller must present the SVID of the workload it claims to be."""
-        if request.peer is None:
-            return ApiResponse.error(401, "present your SVID as the TLS client certificate")
-        w = find_workload(self.store.current, workload)
-        if w is None:
-            return ApiResponse.error(404, f"mesh.yaml has no workload {workload!r}")
-        expected = w.spiffe_id(self.store.current.mesh.trust_domain)
-        if request.peer.spiffe_id != expected:
-            return ApiResponse.error(
-                403, f"{request.peer.spiffe_id} may not act as workload {workload!r} ({expected})"
-            )
-        return None
-
     async def _watch(self, request: ApiRequest) -> ApiResponse:
         q = request.query
         proxy_id, workload = q.get("proxy", ""), q.get("workload", "")
         if not proxy_id or not workload:
             raise ValueError("'proxy' and 'workload' query parameters are required")
-        refused = self._authorize(request, workload)
+        refused = api.authorize(self, request, workload)
         if refused is not None:
             return refused
         assert request.peer is not None, "BUG: authorized without a peer"
@@ -337,7 +293,7 @@ class ControlServer:
             now_s=self.clock.monotonic(),
         ):
             logger.info("proxy_registered", extra={"proxy": proxy_id, "workload": workload})
-            self._notify()
+            self.notify()
         applied = q.get("applied")
         if applied:  # what it runs now; after our restart this is how status learns it
             record = self.registry.get(proxy_id)
@@ -365,74 +321,3 @@ class ControlServer:
             event = self._wake
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), max(wait_until - now, 0.0))
-
-    def _ack(self, request: ApiRequest) -> ApiResponse:
-        body = request.json()
-        proxy_id, version = body.get("proxy"), body.get("version")
-        if not isinstance(proxy_id, str) or not isinstance(version, str):
-            raise ValueError("'proxy' and 'version' are required strings")
-        record = self.registry.get(proxy_id)
-        if record is None:
-            return ApiResponse.error(404, f"unknown proxy {proxy_id!r}: watch first")
-        refused = self._authorize(request, record.workload)
-        if refused is not None:
-            return refused
-        if body.get("ok") is True:
-            self.registry.ack(proxy_id, version)
-            logger.info("snapshot_acked", extra={"proxy": proxy_id, "snapshot_version": version})
-        else:
-            reason = str(body.get("reason") or "no reason given")
-            self.registry.nack(proxy_id, version, reason)
-            logger.warning(
-                "snapshot_nacked",
-                extra={"proxy": proxy_id, "snapshot_version": version, "reason": reason},
-            )
-        return ApiResponse.of(200, {"ok": True})
-
-    def _leave(self, request: ApiRequest) -> ApiResponse:
-        proxy_id = request.query.get("proxy", "")
-        record = self.registry.get(proxy_id)
-        if record is None:
-            return ApiResponse.of(200, {"ok": True})
-        refused = self._authorize(request, record.workload)
-        if refused is not None:
-            return refused
-        self.registry.leave(proxy_id)
-        logger.info("proxy_left", extra={"proxy": proxy_id, "workload": record.workload})
-        self._notify()
-        return ApiResponse.of(200, {"ok": True})
-
-    def status(self) -> dict[str, Any]:
-        """What ``GET /v1/status`` returns: no keys, no tokens."""
-        now = self.clock.monotonic()
-        proxies = []
-        for p in self.registry.proxies():
-            snap = self.snapshot_for(p.workload)
-            proxies.append(
-                {
-                    "proxy": p.proxy_id,
-                    "workload": p.workload,
-                    "spiffe_id": p.spiffe_id,
-                    "address": p.address,
-                    "sent": p.sent,
-                    "acked": p.acked,
-                    "current": snap.version if snap else None,
-                    "in_sync": snap is not None and p.acked == snap.version,
-                    "nack": None
-                    if p.nack is None
-                    else {"version": p.nack.version, "reason": p.nack.reason},
-                    "last_seen_s": round(now - p.last_seen_s, 3),
-                    "cert_not_after": p.cert_not_after,
-                }
-            )
-        current = self.store.current
-        return {
-            "trust_domain": current.mesh.trust_domain,
-            "config": {
-                "digest": current.digest,
-                "generation": self.store.generation,
-                "files": [str(f) for f in current.files],
-                "refused": list(self.store.refused),
-            },
-            "proxies": proxies,
-        }
