@@ -20,7 +20,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from meshlet.clock import Clock
-from meshlet.config.bootstrap import Address, BootstrapConfig, MtlsMode
+from meshlet.config.bootstrap import Address, BootstrapConfig, MtlsMode, WorkloadConfig
 from meshlet.errors import ConfigError, IdentityError
 from meshlet.proxy.driver_down import DownstreamConnection
 from meshlet.proxy.exchange import Listener, RequestIds
@@ -92,6 +92,25 @@ class ProxyServer:
 
     def _principal(self) -> str:
         return self._identity.spiffe_id if self._identity is not None else "unknown"
+
+    @property
+    def workload(self) -> WorkloadConfig:
+        """Who this sidecar serves: the bootstrap's ``workload`` with unset fields
+        taken from the SVID's SPIFFE ID (``/ns/<namespace>/sa/<service_account>``;
+        the name defaults to the service account, as for most Deployments)."""
+        w = self.config.workload
+        if self._identity is None or (w.name and w.namespace and w.service_account):
+            return w
+        from meshlet.identity.spiffeid import SpiffeId
+
+        sid = SpiffeId.parse(self._identity.spiffe_id)
+        sa = w.service_account or sid.service_account
+        return WorkloadConfig(
+            name=w.name or sa,
+            namespace=w.namespace or sid.namespace,
+            service_account=sa,
+            labels=w.labels,
+        )
 
     def reload_identity(self) -> None:
         """Re-read cert/key/bundle and swap both contexts in one assignment; on any
