@@ -21,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=Path("mesh.yaml"),
         help="the mesh file (default: ./mesh.yaml)",
     )
+    up.add_argument(
+        "--control-plane",
+        action="store_true",
+        help="also run 'meshlet control' on the mesh directory and start the "
+        "sidecars in dynamic mode (config changes pushed live); same as "
+        "'control_plane: true' in mesh.yaml",
+    )
     up.set_defaults(handler=_up)
 
 
@@ -29,4 +36,4 @@ def _up(args: argparse.Namespace) -> int:
 
     from meshlet.mesh.up import run_up
 
-    return asyncio.run(run_up(args.mesh))
+    return asyncio.run(run_up(args.mesh, control_plane=args.control_plane))

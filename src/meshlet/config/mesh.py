@@ -87,6 +87,7 @@ class MeshConfig:
     policies: tuple[Path, ...]  # Istio security documents, given to every sidecar
     routing: tuple[Path, ...]  # Istio networking / Gateway API documents
     audit: bool
+    control_plane: bool  # run `meshlet control` and sidecars in dynamic mode
     source: Path
 
     @property
@@ -129,6 +130,9 @@ class _MeshSchema(_Strict):
     policies: list[str] = Field(default_factory=list)
     routing: list[str] = Field(default_factory=list)
     audit: bool = True  # write every sidecar's audit log under state_dir/audit
+    # Static bootstraps by default: nothing more to run, and audit logs work; the
+    # control plane adds live config pushes (docs/mesh.md, "Control-plane mode").
+    control_plane: bool = False
     services: dict[str, _ServiceSchema] = Field(default_factory=dict)
     clients: dict[str, _WorkloadSchema] = Field(default_factory=dict)
 
@@ -306,6 +310,7 @@ def parse_mesh(doc: Document) -> MeshConfig:
         policies=check.files("policies", schema.policies),
         routing=check.files("routing", schema.routing),
         audit=schema.audit,
+        control_plane=schema.control_plane,
         source=source,
     )
     if check.problems:

@@ -49,6 +49,7 @@ from meshlet.traffic.loader import load_routing
 
 SIDECAR_READY_TIMEOUT_S = 20.0  # a sidecar is ready in well under a second; 2 cores are shared
 APP_READY_TIMEOUT_S = 90.0  # importing torch and building a model takes seconds
+CONTROL_SYNC_TIMEOUT_S = 45.0  # the control plane's resync grace plus a held watch
 STOP_GRACE_S = 5.0  # matches the proxy's default drain deadline
 RENEW_CHECK_S = 30.0  # how often SVID ages are looked at; renewal is at half-life (12 h)
 
@@ -93,7 +94,8 @@ class MeshRunner:
         self,
         config: MeshConfig,
         *,
-        proxy_argv: Sequence[str] = (sys.executable, "-m", "meshlet", "proxy", "--config"),
+        proxy_argv: Sequence[str] = (sys.executable, "-m", "meshlet", "proxy"),
+        control_argv: Sequence[str] = (sys.executable, "-m", "meshlet", "control"),
         on_event: Callable[[str], None] = print,
         features: Features | None = None,
         python: str = sys.executable,
@@ -112,6 +114,10 @@ class MeshRunner:
         self.started_at = 0.0
         self.config = config
         self.proxy_argv = tuple(proxy_argv)
+        self.control_argv = tuple(control_argv)
+        self.control: Supervised | None = None
+        self.control_port: int | None = None
+        self._control_ready = asyncio.Event()
         self.on_event = on_event
         self.features = features or detect_features()
         self.python = python
@@ -174,11 +180,14 @@ class MeshRunner:
         picker = PortPicker()
         try:
             plan = plan_mesh(self.config, next_port=picker, python=self.python)
+            self.control_port = picker() if self.config.control_plane else None
         finally:
             picker.release()  # closed just before start: the documented race (ports.py)
         self._ca = ca
         for r in plan.replicas:
             r.directory.mkdir(parents=True, exist_ok=True)
+            if self.config.control_plane:
+                continue  # the sidecar makes its key and gets its SVID from the control plane
             self._issue(r)
             text = yaml.safe_dump(bootstrap_for(plan, r, self.features), sort_keys=False)
             r.bootstrap_path.write_text(text, encoding="utf-8")
@@ -214,14 +223,21 @@ class MeshRunner:
 
     async def _start_once(self, ca: CertificateAuthority) -> None:
         self.plan = plan = self._prepare(ca)
+        if self.config.control_plane:
+            await self._start_control()
         self.replicas = [self._replica(r) for r in plan.replicas]
         await asyncio.gather(*(self._start_sidecar(r) for r in self.replicas))
+        if self.config.control_plane:
+            await asyncio.gather(*(self._await_endpoints(r) for r in self.replicas))
         services = [r for r in self.replicas if r.plan.service is not None]
         clients = [r for r in self.replicas if r.plan.service is None]
         await asyncio.gather(*(self._start_app(r) for r in services))
         await asyncio.gather(*(self._start_app(r) for r in clients))
         self.write_state()
-        self._tasks.append(asyncio.create_task(self._renew_forever()))
+        if self.control is not None:
+            self._tasks.append(asyncio.create_task(self._watch(self.control)))
+        else:  # in control-plane mode each sidecar renews its own SVID
+            self._tasks.append(asyncio.create_task(self._renew_forever()))
         for r in self.replicas:
             self._tasks.append(asyncio.create_task(self._watch(r.sidecar)))
             if r.app is not None:
@@ -233,7 +249,7 @@ class MeshRunner:
             env.pop(key, None)  # a sidecar must not send its own traffic to a proxy
         spec = ProcessSpec(
             name=f"{plan.name} sidecar",
-            argv=(*self.proxy_argv, str(plan.bootstrap_path)),
+            argv=self._sidecar_argv(plan),
             env=env,
             cwd=plan.directory,
             log_path=plan.directory / "sidecar.log",
@@ -242,6 +258,89 @@ class MeshRunner:
         replica = Replica(plan=plan, sidecar=Supervised(spec, on_event=self.on_event))
         replica.sidecar.on_line = lambda line: self._sidecar_line(replica, line)
         return replica
+
+    def _sidecar_argv(self, plan: ReplicaPlan) -> tuple[str, ...]:
+        if not self.config.control_plane:
+            return (*self.proxy_argv, "--config", str(plan.bootstrap_path))
+        assert self._ca is not None, "BUG: sidecar before the CA"
+        # A single-use join token on the command line: it is spent within seconds
+        # of the start, and a restarted sidecar reuses the SVID in its state dir.
+        token = self._ca.issue_join_token(SpiffeId.parse(plan.spiffe_id), now=self.clock.wall())
+        argv = [
+            *self.proxy_argv,
+            "--control",
+            self.control_url,
+            "--token",
+            token,
+            "--workload",
+            plan.workload.name,
+            "--bundle",
+            str(self.config.state_dir / "ca" / "bundle.pem"),
+            "--state-dir",
+            str(plan.directory / "proxy"),
+            "--outbound",
+            f"{HOST}:{plan.outbound_port}",
+            "--admin",
+            f"{HOST}:0",
+        ]
+        if plan.inbound_port is not None:
+            argv += ["--inbound", f"{HOST}:{plan.inbound_port}", "--app", f"{HOST}:{plan.app_port}"]
+        return tuple(argv)
+
+    @property
+    def control_url(self) -> str:
+        return f"https://{HOST}:{self.control_port}" if self.control_port else ""
+
+    async def _start_control(self) -> None:
+        """The control plane serves the mesh directory; it must answer before any
+        sidecar asks it for an identity."""
+        env = {
+            k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")
+        }
+        spec = ProcessSpec(
+            name="control plane",
+            argv=(
+                *self.control_argv,
+                "--config-dir",
+                str(self.config.source.parent),
+                "--ca-dir",
+                str(self.config.state_dir / "ca"),
+                "--listen",
+                f"{HOST}:{self.control_port}",
+            ),
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            cwd=self.config.state_dir,
+            log_path=self.config.state_dir / "control.log",
+            restart="always",
+        )
+
+        def line(text: str) -> None:
+            if text.startswith("{") and '"ready"' in text:
+                self._control_ready.set()
+
+        self._control_ready = asyncio.Event()  # fresh for each start attempt
+        self.control = control = Supervised(spec, on_line=line, on_event=self.on_event)
+        await control.spawn()
+        exited = asyncio.create_task(control.wait_exit())
+        ready = asyncio.create_task(self._control_ready.wait())
+        done, _ = await asyncio.wait(
+            {exited, ready}, timeout=SIDECAR_READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        ready.cancel()
+        if exited in done:
+            output = "\n".join(control.tail)
+            if looks_like_port_clash(output):
+                raise PortClash(f"control plane: {output.splitlines()[-1:]}")
+            raise ConfigError(
+                f"the control plane exited with status {exited.result()} while "
+                f"starting:\n{_indent(output)}"
+            )
+        exited.cancel()
+        if not done:
+            raise ConfigError(
+                f"the control plane did not start in {SIDECAR_READY_TIMEOUT_S:.0f}s;"
+                f" log: {spec.log_path}"
+            )
 
     def _sidecar_line(self, replica: Replica, line: str) -> None:
         if not line.startswith("{") or '"ready"' not in line:
@@ -289,6 +388,37 @@ class MeshRunner:
             sidecar,
             SIDECAR_READY_TIMEOUT_S,
             "its admin /ready",
+        )
+
+    async def _await_endpoints(self, replica: Replica) -> None:
+        """In control-plane mode a sidecar learns its peers from snapshots, which a
+        fresh control plane holds back for a few seconds (its resync grace); an app
+        started before then would get 502 for every service. So wait until the
+        sidecar's /config_dump lists every endpoint of every service."""
+        assert self.plan is not None
+        expected = {
+            s.name: {f"{HOST}:{r.inbound_port}" for r in self.plan.of_service(s.name)}
+            for s in self.config.services
+        }
+        assert replica.admin is not None, "BUG: waiting on a sidecar that never announced"
+        host, _, port = replica.admin.rpartition(":")
+
+        async def complete() -> bool:
+            try:
+                status, body = await http_get(host, int(port), "/config_dump", timeout_s=2.0)
+                services = json.loads(body)["outbound"]["services"] if status == 200 else {}
+            except (UpstreamError, ValueError, KeyError, TypeError):
+                return False
+            return all(
+                {e.get("address") for e in services.get(name, {}).get("endpoints", [])} >= want
+                for name, want in expected.items()
+            )
+
+        await _until(
+            complete,
+            replica.sidecar,
+            CONTROL_SYNC_TIMEOUT_S,
+            "its first complete snapshot from the control plane",
         )
 
     async def _start_app(self, replica: Replica) -> None:
@@ -343,6 +473,7 @@ class MeshRunner:
                 trust_domain=self.config.trust_domain,
                 started_at=self.started_at,
                 replicas=replicas,
+                control=self.control_url or None,
             ),
         )
 
@@ -361,6 +492,8 @@ class MeshRunner:
         apps = [r.app for r in self.replicas if r.app is not None]
         await asyncio.gather(*(a.stop(STOP_GRACE_S) for a in apps))
         await asyncio.gather(*(r.sidecar.stop(STOP_GRACE_S) for r in self.replicas))
+        if self.control is not None:
+            await self.control.stop(STOP_GRACE_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

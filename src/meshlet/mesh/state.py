@@ -41,6 +41,7 @@ class MeshState:
     trust_domain: str
     started_at: float  # wall clock, seconds since the epoch
     replicas: tuple[ReplicaState, ...]
+    control: str | None = None  # https://host:port of the control plane, if one runs
 
 
 def write_state(state_dir: Path, state: MeshState) -> None:
@@ -85,6 +86,7 @@ def read_state(state_dir: Path) -> MeshState:
             trust_domain=str(data["trust_domain"]),
             started_at=float(data["started_at"]),
             replicas=tuple(ReplicaState(**r) for r in data["replicas"]),
+            control=data.get("control"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: malformed mesh state ({exc})") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -52,11 +53,13 @@ def inactive_features(runner: MeshRunner) -> list[str]:
     return out
 
 
-async def run_up(path: Path, *, console: Console | None = None) -> int:
+async def run_up(path: Path, *, console: Console | None = None, control_plane: bool = False) -> int:
     # Not a terminal (a log, a test): wide enough that addresses are never cut.
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     errors = Console(stderr=True)
     config = load_mesh(path)  # every problem at once, nothing started
+    if control_plane:
+        config = dataclasses.replace(config, control_plane=True)
     runner = MeshRunner(
         config, on_event=lambda msg: errors.print(f"[yellow]meshlet:[/] {msg}", highlight=False)
     )
@@ -75,6 +78,12 @@ async def run_up(path: Path, *, console: Console | None = None) -> int:
     waiter.cancel()
     start.result()
     console.print(replicas_table(runner))
+    if runner.control_url:
+        console.print(
+            f"meshlet: control plane at {runner.control_url} serving "
+            f"{config.source.parent} (edits there are pushed live)",
+            highlight=False,
+        )
     for line in inactive_features(runner):
         errors.print(f"[yellow]meshlet: not active:[/] {line}", highlight=False)
     console.print(
