@@ -119,3 +119,11 @@ async def test_metrics_carry_principals_both_sides(pair: Pair) -> None:
         assert 'connection_security_policy="mutual_tls"' in text
     assert 'reporter="source"' in out_text
     assert 'reporter="destination"' in in_text
+
+
+async def test_workload_defaults_come_from_the_spiffe_id(pair: Pair) -> None:
+    w = pair.inbound.workload
+    assert (w.name, w.namespace, w.service_account) == ("inference", "ml", "inference")
+    dump = pair.inbound.config_dump()
+    assert dump["identity"]["spiffe_id"] == SERVER_ID
+    assert "BEGIN" not in str(dump)  # paths only, never key or certificate bytes
