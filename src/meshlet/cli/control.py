@@ -108,6 +108,8 @@ def run_dynamic_proxy(args: argparse.Namespace) -> int:
         raise ConfigError("--config and --control are exclusive: pick static or dynamic mode")
     if not args.workload:
         raise ConfigError("--workload is required with --control")
+    if not args.control.startswith("https://"):
+        raise ConfigError(f"--control must be an https://host:port URL, got {args.control!r}")
     if args.workers != 1:
         raise ConfigError("--workers > 1 is not supported with --control")
 
