@@ -316,6 +316,8 @@ class DownstreamConnection(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None, "BUG: body outside a message"
         ex.req_bytes += len(body)
+        if ex.ctl is not None and not ex.ctl.on_body(ex, body):
+            return  # refused (413) or already answered
         if ex.pending is None:
             if ex.upstream is not None:
                 ex.upstream.send_body(body)
@@ -332,6 +334,8 @@ class DownstreamConnection(asyncio.Protocol):
         ex.req_done = True
         if ex.pending is None and ex.upstream is not None:
             ex.upstream.end_body()
+        if ex.ctl is not None:
+            ex.ctl.on_request_end(ex)
         if not ex.keep_alive:
             self.pause(PAUSE_PIPELINE)  # nothing after this request is read
         if ex.ended and ex is self.active:
@@ -398,6 +402,8 @@ class DownstreamConnection(asyncio.Protocol):
         ups, ex.upstream = ex.upstream, None
         if ups is not None:
             ups.close()
+        if ex.ctl is not None and not ex.status and ex.ctl.on_failure(ex, r):
+            return  # retried on another attempt
         ex.flag = r.flag
         if ex.status:
             ex.ended = True

@@ -195,6 +195,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.upgrade = ex.upgrade
         self.req_chunked = ex.framing == CHUNKED
         self.deadline = self.listener.now + self.listener.timeouts.upstream_response_s
+        if ex.ctl is not None:
+            self.deadline = ex.ctl.response_deadline(self.deadline)
         self.idle_limit = 0.0
         pending = ex.pending or ()
         ex.pending = None
@@ -310,6 +312,10 @@ class UpstreamConnection(asyncio.Protocol):
                 )
             )
             return
+        ex.head_at = self.listener.monotonic()
+        ctl = ex.ctl
+        if ctl is not None and ctl.on_response(ex, self, status):
+            return  # retried: this response is dropped (ctl detached and closed us)
         no_body = ex.head_only or status == 204 or status == 304
         self.until_close = not no_body and not self.has_length and not self.upstream_chunked
         chunked = not no_body and not self.has_length
@@ -321,8 +327,12 @@ class UpstreamConnection(asyncio.Protocol):
             ex.keep_alive = False
         self.chunked_down = chunked
         ex.status = status
-        self.deadline = 0.0
-        self.idle_limit = self.listener.timeouts.idle_s
+        if ctl is None:
+            self.deadline = 0.0
+            self.idle_limit = self.listener.timeouts.idle_s
+        else:  # the route's total timeout and stream idle timeout go on
+            self.deadline = ctl.total_deadline
+            self.idle_limit = ctl.idle_s
         self.quiet_since = self.listener.now
         conn.write(
             response_head(

@@ -20,6 +20,8 @@ from meshlet.proxy.hooks import GateVerdict, RequestInfo
 if TYPE_CHECKING:
     from meshlet.proxy.driver_down import DownstreamConnection
     from meshlet.proxy.driver_up import UpstreamConnection
+    from meshlet.proxy.pool import EndpointPool
+    from meshlet.proxy.routing import Flight
     from meshlet.telemetry.metrics import GoldenMetrics
 
 __all__ = ["Exchange", "Listener", "RequestIds", "Router"]
@@ -110,12 +112,15 @@ class Exchange:
     __slots__ = (
         "conn",
         "connection",
+        "ctl",
         "dst_principal",
         "ended",
+        "endpoint",
         "expect",
         "flag",
         "framing",
         "head",
+        "head_at",
         "head_only",
         "headers",
         "host",
@@ -173,3 +178,10 @@ class Exchange:
         self.ended = False
         self.expect = False
         self.xff: bytes | None = None
+        # Outbound traffic management (meshlet.proxy.routing): ``endpoint`` is the
+        # pool the default picker chose (its result is recorded at finish), ``ctl``
+        # the plan executor of a routed request (None on the unrouted fast path),
+        # ``head_at`` when the final response head arrived (latency for P2C-EWMA).
+        self.endpoint: EndpointPool | None = None
+        self.ctl: Flight | None = None
+        self.head_at = 0.0

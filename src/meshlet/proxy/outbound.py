@@ -9,13 +9,18 @@ connection that has proven the endpoint's SPIFFE ID.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from meshlet.errors import NoRoute
 from meshlet.proxy import rescue as rescues
 from meshlet.proxy.exchange import CHUNKED, Exchange, Listener
 from meshlet.proxy.heads import request_head
 from meshlet.proxy.pool import Cluster
+
+if TYPE_CHECKING:
+    from meshlet.proxy.routing import OutboundTraffic
 
 __all__ = ["OutboundRouter", "split_host"]
 
@@ -31,12 +36,16 @@ def split_host(authority: bytes) -> bytes:
 class OutboundRouter:
     """Routes requests from the local app to mesh services by host."""
 
-    __slots__ = ("clusters", "listener", "local_principal")
+    __slots__ = ("clusters", "listener", "local_principal", "rng", "traffic")
 
     def __init__(self, *, clusters: dict[str, Cluster], local_principal: Callable[[], str]) -> None:
         self.clusters = {name.encode("ascii").lower(): c for name, c in clusters.items()}
         self.local_principal = local_principal
         self.listener: Listener | None = None  # set by the server once the listener exists
+        # Hosts with routing config (``outbound.routing``) go through the plan
+        # executor; None when no routing files are configured.
+        self.traffic: OutboundTraffic | None = None
+        self.rng = random.Random()  # the balancer's two random draws
 
     def start(self, ex: Exchange) -> None:
         target = ex.target
@@ -84,8 +93,12 @@ class OutboundRouter:
             return
         ex.path = target
         host = split_host(authority)
-        cluster = self.clusters.get(host)
         ex.src_principal = self.local_principal()
+        traffic = self.traffic
+        if traffic is not None and host in traffic.hosts:
+            traffic.start(ex, host, target, self._extra(ex))
+            return
+        cluster = self.clusters.get(host)
         if cluster is None:
             ex.service = "unknown"
             shown = host.decode("ascii", "replace")[:100]
@@ -94,8 +107,23 @@ class OutboundRouter:
             )
             return
         ex.service = cluster.name
-        endpoint = cluster.pick()
+        endpoint = cluster.pick(conn.listener.now, self.rng)
+        ex.endpoint = endpoint
         ex.dst_principal = endpoint.identity or "unknown"
+        ex.head = request_head(
+            ex.method,
+            target,
+            ex.headers,
+            connection=ex.connection,
+            extra=self._extra(ex),
+            chunked=ex.framing == CHUNKED,
+            upgrade=ex.upgrade,
+        )
+        endpoint.forward(ex)
+
+    def _extra(self, ex: Exchange) -> list[bytes]:
+        """The lines the sidecar adds: x-request-id, x-forwarded-for/-proto."""
+        conn = ex.conn
         extra = []
         if not ex.request_id:
             ex.request_id = conn.listener.ids.next()
@@ -104,19 +132,19 @@ class OutboundRouter:
         extra.append(b"x-forwarded-for: " + (ex.xff + b", " + ip if ex.xff else ip))
         if not any(name == b"x-forwarded-proto" for name, _ in ex.headers):
             extra.append(b"x-forwarded-proto: http")
-        ex.head = request_head(
-            ex.method,
-            target,
-            ex.headers,
-            connection=ex.connection,
-            extra=extra,
-            chunked=ex.framing == CHUNKED,
-            upgrade=ex.upgrade,
-        )
-        endpoint.forward(ex)
+        return extra
 
     def finish(self, ex: Exchange) -> None:
         listener = ex.conn.listener
+        now = listener.monotonic()
+        endpoint = ex.endpoint
+        if endpoint is not None:
+            ex.endpoint = None
+            if endpoint.owner is not None:
+                status = ex.status or (499 if ex.flag == "DC" else 0)
+                endpoint.owner.on_result(endpoint, (ex.head_at or now) - ex.started, status, now)
+        elif ex.ctl is not None:
+            ex.ctl.finish(ex, now)
         listener.metrics.request(
             reporter="source",
             source_principal=ex.src_principal,
@@ -125,7 +153,7 @@ class OutboundRouter:
             request_protocol="http",
             response_code=ex.status,
             mtls=True,
-            duration_s=listener.monotonic() - ex.started,
+            duration_s=now - ex.started,
             request_bytes=ex.req_bytes,
             response_bytes=ex.resp_bytes,
             response_flags=ex.flag,

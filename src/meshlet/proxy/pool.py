@@ -22,6 +22,7 @@ from meshlet.proxy import rescue as rescues
 from meshlet.proxy.driver_up import UpstreamConnection
 from meshlet.proxy.exchange import Exchange, Listener
 from meshlet.proxy.tls import handshake_failure_reason, peer_spiffe_id
+from meshlet.traffic.balancer import Endpoint, P2CEwma, RandomSource
 
 __all__ = ["HANDSHAKE_TIMEOUT_S", "Cluster", "EndpointPool"]
 
@@ -39,8 +40,10 @@ class EndpointPool:
         "connecting",
         "identity",
         "idle",
+        "key",
         "labels",
         "listener",
+        "owner",
         "ssl_context",
         "tasks",
     )
@@ -59,6 +62,9 @@ class EndpointPool:
         self.listener = listener
         self.ssl_context = ssl_context
         self.labels = labels
+        # The traffic engine's name for this endpoint (pickers, outlier detection).
+        self.key = Endpoint(address=str(address), labels=labels)
+        self.owner: Cluster | None = None  # set by the Cluster that holds this pool
         self.idle: list[UpstreamConnection] = []
         self.connecting = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -173,10 +179,13 @@ class EndpointPool:
 
 
 class Cluster:
-    """One service's endpoints and how to choose among them (round robin for the
-    static bootstrap; the traffic engine replaces the picker)."""
+    """One service's endpoints and how to choose among them: the traffic engine's
+    P2C over peak-EWMA latency x outstanding (Linkerd's default balancer), fed the
+    time to response head of every request. Routed hosts (``outbound.routing``)
+    use per-subset state in ``meshlet.proxy.routing`` instead; this is the
+    unrouted fast path."""
 
-    __slots__ = ("_next", "endpoints", "name", "protocol")
+    __slots__ = ("_by_key", "endpoints", "name", "picker", "protocol")
 
     def __init__(self, *, name: str, protocol: str, endpoints: tuple[EndpointPool, ...]) -> None:
         if not endpoints:
@@ -184,18 +193,25 @@ class Cluster:
         self.name = name
         self.protocol = protocol
         self.endpoints = endpoints
-        self._next = 0
+        for pool in endpoints:
+            pool.owner = self
+        self._by_key = {p.key: p for p in reversed(endpoints)}  # first pool wins
+        self.picker = P2CEwma([p.key for p in endpoints])
 
-    def pick(self) -> EndpointPool:
+    def pool_for(self, endpoint: Endpoint) -> EndpointPool | None:
+        return self._by_key.get(endpoint)
+
+    def pick(self, now: float, rng: RandomSource) -> EndpointPool:
+        """An endpoint; counts as outstanding until ``on_result``."""
         endpoints = self.endpoints
-        if len(endpoints) == 1:
+        chosen = self.picker.pick(now, rng)
+        if len(endpoints) == 1 or chosen is None:
             return endpoints[0]
-        i = self._next
-        self._next = (i + 1) % len(endpoints)
-        return endpoints[i]
+        return self._by_key[chosen]
 
-    def on_result(self, endpoint: EndpointPool, *, ok: bool, latency_s: float) -> None:
-        """Feedback for adaptive pickers; the round robin ignores it."""
+    def on_result(self, endpoint: EndpointPool, latency_s: float, status: int, now: float) -> None:
+        """The request sent to ``endpoint`` ended (``status`` 0: no response)."""
+        self.picker.on_result(endpoint.key, latency_s, status, now)
 
     def close(self) -> None:
         for endpoint in self.endpoints:

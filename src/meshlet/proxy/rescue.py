@@ -22,7 +22,19 @@ from meshlet.errors import (
     UpstreamTimeout,
 )
 
-__all__ = ["Rescue", "from_error", "render", "rescue"]
+__all__ = [
+    "Rescue",
+    "body_too_large",
+    "fault_abort",
+    "from_error",
+    "no_healthy_upstream",
+    "overflow",
+    "render",
+    "rescue",
+    "route_not_found",
+    "route_timeout",
+    "shed",
+]
 
 _REASONS = {
     400: b"Bad Request",
@@ -79,6 +91,43 @@ def from_error(exc: MeshError) -> Rescue:
     if isinstance(exc, Overloaded):
         return rescue(503, "overloaded", "SI", msg)
     return rescue(500, "internal", "-", msg)
+
+
+# Traffic management (meshlet.proxy.routing). Flags are Envoy's: NR no route,
+# UH no healthy upstream, UO upstream overflow (circuit breaker), UT upstream
+# request timeout, FI fault injected. Envoy has no flag for load shedding by
+# criticality; "RL" (rate limited) is the closest meaning for a 429.
+
+
+def route_not_found(message: str) -> Rescue:
+    """The host has routes and none matches: Istio answers 404 NR."""
+    return rescue(404, "no_route", "NR", message)
+
+
+def no_healthy_upstream(message: str) -> Rescue:
+    return rescue(503, "no_healthy_upstream", "UH", message)
+
+
+def overflow(reason: str) -> Rescue:
+    """A connection-pool limit refused the request (``reason`` names the limit)."""
+    return rescue(503, "overflow", "UO", reason)
+
+
+def route_timeout(message: str) -> Rescue:
+    return rescue(504, "route_timeout", "UT", message)
+
+
+def body_too_large(limit: int) -> Rescue:
+    # The body is still arriving: close so its rest is not read as a request.
+    return rescue(413, "body_too_large", "-", f"request body over {limit} bytes", close=True)
+
+
+def shed(message: str) -> Rescue:
+    return rescue(429, "shed", "RL", message)
+
+
+def fault_abort(status: int) -> Rescue:
+    return rescue(status, "fault_abort", "FI", "fault injected")
 
 
 def render(

@@ -131,7 +131,7 @@ class ProxyServer:
         cfg = self.config
         if self._gate is None and cfg.inbound is not None and cfg.inbound.policies:
             try:
-                from meshlet.proxy import authz  # type: ignore[attr-defined]
+                from meshlet.proxy import authz
             except ImportError as exc:
                 raise ConfigError("inbound.policies: not supported in this build") from exc
             self._gate = authz.build_gate(cfg, clock=self.clock)
@@ -198,6 +198,13 @@ class ProxyServer:
             clusters[svc.name] = Cluster(name=svc.name, protocol=svc.protocol, endpoints=pools)
         router.clusters = {name.encode("ascii").lower(): c for name, c in clusters.items()}
         self._clusters.extend(clusters.values())
+        if self.config.outbound.routing:
+            from meshlet.proxy.routing import OutboundTraffic
+            from meshlet.traffic.loader import load_routing
+            from meshlet.traffic.router import Router as TrafficRouter
+
+            routing = TrafficRouter(load_routing(self.config.outbound.routing))
+            router.traffic = OutboundTraffic(routing, router.clusters, listener=listener)
         return listener
 
     def _inbound_listener(self) -> Listener:
@@ -325,6 +332,8 @@ class ProxyServer:
                 cluster = Cluster(name=svc.name, protocol=svc.protocol, endpoints=pools)
                 clusters[svc.name.encode("ascii").lower()] = cluster
             router.clusters = clusters  # the single reference swap
+            if router.traffic is not None:
+                router.traffic.update_clusters(clusters)
             self._clusters = list(clusters.values())
             for pool in kept.values():  # endpoints that left: drop their idle connections
                 for conn in list(pool.idle):
@@ -498,6 +507,10 @@ class ProxyServer:
                 up.close()
         for cluster in self._clusters:
             cluster.close()
+        if self.outbound_listener is not None:
+            outbound = self.outbound_listener.router
+            if isinstance(outbound, OutboundRouter) and outbound.traffic is not None:
+                outbound.traffic.close()
         if self._app is not None:
             self._app.close()
         for tcp in self._tcp:
