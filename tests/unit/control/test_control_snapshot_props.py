@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,9 +43,12 @@ entries = st.lists(
 ).map(lambda xs: [(f"p{i}", w, port) for i, (w, port) in enumerate(xs)])
 
 
-def source(tmp: Path) -> MeshSource:
-    (tmp / "mesh.yaml").write_text(textwrap.dedent(MESH))
-    return load_config_dir(tmp)
+@pytest.fixture(scope="module")
+def src() -> Iterator[MeshSource]:
+    """Loaded once: each example only builds registries and compiles."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "mesh.yaml").write_text(textwrap.dedent(MESH))
+        yield load_config_dir(Path(tmp))
 
 
 def registry_of(items: list[Entry], now_s: float = 0.0) -> Registry:
@@ -72,33 +77,29 @@ def versions(src: MeshSource, registry: Registry) -> dict[str, str]:
 @settings(max_examples=60, deadline=None)
 @given(items=entries, data=st.data())
 def test_version_ignores_registration_order_and_heartbeats(
-    items: list[Entry], data: st.DataObject
+    src: MeshSource, items: list[Entry], data: st.DataObject
 ) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        src = source(Path(tmp))
-        shuffled = data.draw(st.permutations(items))
-        first = versions(src, registry_of(items))
-        again = registry_of(shuffled, now_s=5.0)
-        assert versions(src, again) == first
-        for proxy_id, workload, port in items:  # heartbeats alone change nothing
-            again.heartbeat(
-                proxy_id=proxy_id,
-                workload=workload,
-                spiffe_id=f"spiffe://example.org/ns/default/sa/{workload}",
-                address=None if port is None else f"127.0.0.1:{port}",
-                cert_not_after=2e12,
-                now_s=9.0,
-            )
-        assert versions(src, again) == first
+    shuffled = data.draw(st.permutations(items))
+    first = versions(src, registry_of(items))
+    again = registry_of(shuffled, now_s=5.0)
+    assert versions(src, again) == first
+    for proxy_id, workload, port in items:  # heartbeats alone change nothing
+        again.heartbeat(
+            proxy_id=proxy_id,
+            workload=workload,
+            spiffe_id=f"spiffe://example.org/ns/default/sa/{workload}",
+            address=None if port is None else f"127.0.0.1:{port}",
+            cert_not_after=2e12,
+            now_s=9.0,
+        )
+    assert versions(src, again) == first
 
 
 @settings(max_examples=60, deadline=None)
 @given(items=entries, port=st.integers(min_value=2000, max_value=2100))
 def test_a_new_serving_endpoint_changes_every_callers_version(
-    items: list[Entry], port: int
+    src: MeshSource, items: list[Entry], port: int
 ) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        src = source(Path(tmp))
-        before = versions(src, registry_of(items))
-        after = versions(src, registry_of([*items, ("new", "b1", port)]))
-        assert all(before[w] != after[w] for w in WORKLOADS)
+    before = versions(src, registry_of(items))
+    after = versions(src, registry_of([*items, ("new", "b1", port)]))
+    assert all(before[w] != after[w] for w in WORKLOADS)
