@@ -284,7 +284,7 @@ class ClientCodec:
     def _request(self, event: Request) -> bytes:
         if self._body is not None or self._awaiting or self._switched:
             raise LocalProtocolError("one request at a time: the previous exchange is open")
-        if not self._keep_alive:
+        if not self.keep_alive:
             raise LocalProtocolError("the connection is closing")
         head, body, keep_alive, upgrade = request_head(event)
         self._parser.expect(event.method, upgrade=upgrade)

@@ -205,6 +205,17 @@ def test_unsolicited_bytes_make_the_connection_unusable(adapter: Adapter) -> Non
     )
     assert [type(event) for event in events] == [Response, EndOfMessage]
     assert not codec.keep_alive
+    with pytest.raises(LocalProtocolError, match="closing"):
+        codec.send(Request(method=b"GET", target=b"/", headers=[(b"host", b"a")]))
+
+
+def test_bytes_while_idle_are_unsolicited(adapter: Adapter) -> None:
+    codec = _client(adapter)
+    codec.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert codec.keep_alive
+    # An idle upstream that speaks first (a 408 before closing, say) is not reusable.
+    assert codec.feed(b"HTTP/1.1 408 Request Timeout\r\n\r\n") == []
+    assert not codec.keep_alive
 
 
 def test_connection_close_response_forbids_reuse(adapter: Adapter) -> None:
