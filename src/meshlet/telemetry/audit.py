@@ -2,8 +2,9 @@
 
 Each line is one JSON object carrying ``seq`` (counting from 0 over the whole
 chain), ``prev`` (the previous line's ``hash``, 64 zeros for the first line
-ever) and ``hash``: SHA-256 over the line's compact JSON without the ``hash``
-key. Editing a line breaks its own hash; deleting or reordering lines breaks the
+ever) and, last, ``hash``: SHA-256 of the line's bytes before ``,"hash":...``
+plus the closing ``}`` (i.e. the compact JSON of the line without ``hash``).
+Editing a line breaks its own hash; deleting or reordering lines breaks the
 next line's ``prev`` and ``seq``. ``verify`` names the first broken line.
 
 Without a secret the chain cannot prove that lines were not cut from the *end*
@@ -24,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,8 +49,9 @@ DEFAULT_BATCH = 4096
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=str).encode
 
 
-def _line_hash(body: str) -> str:
-    return hashlib.sha256(body.encode()).hexdigest()
+# The hash covers the line's exact bytes up to this suffix (plus the closing
+# brace), so checking it needs no JSON re-serialization: any tool can do it.
+_HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"\}\n\Z')
 
 
 _RESERVED = frozenset({"seq", "prev", "hash"})
@@ -291,10 +294,11 @@ def _check_line(raw: bytes, prev: str | None, seq: int | None) -> tuple[str, dic
         return "not valid JSON", {}
     if not isinstance(obj, dict) or not {"hash", "prev", "seq"} <= obj.keys():
         return "missing seq/prev/hash", {}
-    claimed = obj.pop("hash")
-    if _line_hash(_dumps(obj)) != claimed:
+    tail = _HASH_TAIL.search(raw)
+    if tail is None or tail.group(1).decode() != obj["hash"]:
+        return "the line does not end with its hash", obj
+    if hashlib.sha256(raw[: tail.start()] + b"}").hexdigest() != obj["hash"]:
         return "hash mismatch: the line was edited", obj
-    obj["hash"] = claimed
     if prev is not None and obj["prev"] != prev:
         return "prev does not match the previous line's hash: lines removed or reordered", obj
     if seq is not None and obj["seq"] != seq + 1:
