@@ -45,8 +45,8 @@ from meshlet.telemetry.metrics import GoldenMetrics
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def tpki(request: pytest.FixtureRequest, tmp_path: Path) -> Pki:
+@pytest.fixture(name="tpki")
+def tpki_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Pki:
     """The proxy tests' session CA, issuing into this test's tmp dir."""
     return Pki(ca=request.getfixturevalue("session_ca"), tmp=tmp_path)
 
@@ -246,15 +246,21 @@ async def mesh_of(
 
 
 async def send_many(
-    client: httpx.AsyncClient, n: int, *, concurrency: int = 8, **kw: object
+    client: httpx.AsyncClient,
+    n: int,
+    *,
+    concurrency: int = 8,
+    headers: dict[str, str] | None = None,
+    path: str = "/",
 ) -> Counter[str]:
     """``n`` GETs to ``inference``; counts ``x-served-by`` (or the status as text)."""
     counts: Counter[str] = Counter()
     todo = iter(range(n))
+    sent = {"host": "inference", **(headers or {})}
 
     async def worker() -> None:
         for _ in todo:
-            r = await client.get("/", headers={"host": "inference"}, **kw)  # type: ignore[arg-type]
+            r = await client.get(path, headers=sent)
             counts[r.headers.get("x-served-by") or str(r.status_code)] += 1
 
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), 60)

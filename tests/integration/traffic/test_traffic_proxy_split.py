@@ -1,0 +1,97 @@
+"""Weighted canaries, header overrides and model-name routing through real sidecars."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
+from tests.integration.traffic.test_traffic_proxy_mesh import (
+    SUBSETS,
+    mesh_of,
+    send_many,
+    tpki_fixture,  # noqa: F401 - the "tpki" fixture
+    two_versions,
+)
+
+pytestmark = pytest.mark.integration
+
+CANARY = (
+    """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: inference, namespace: ml}
+spec:
+  hosts: [inference]
+  http:
+  - match: [{headers: {x-model-version: {exact: v2}}}]
+    route: [{destination: {host: inference, subset: v2}}]
+  - match: [{headers: {x-model-name: {exact: llama}}}]
+    route: [{destination: {host: inference, subset: v2}}]
+  - route:
+    - {destination: {host: inference, subset: v1}, weight: 90}
+    - {destination: {host: inference, subset: v2}, weight: 10}
+---"""
+    + SUBSETS
+)
+
+
+async def test_90_10_split_within_binomial_bound_and_header_override(
+    tpki: Pki, tmp_path: Path
+) -> None:
+    async with mesh_of(tpki, tmp_path, two_versions(), CANARY) as mesh, mesh.client() as client:
+        n = 2000
+        counts = await send_many(client, n, concurrency=16)
+        assert counts["v1"] + counts["v2"] == n, counts
+        # Binomial(2000, 0.1): mean 200, sd 13.4; 4.5 sd gives a false alarm
+        # about once in 300,000 runs.
+        assert 140 <= counts["v2"] <= 260, counts
+        testers = await send_many(client, 100, headers={"x-model-version": "v2"})
+        assert testers == {"v2": 100}
+
+
+async def test_model_name_from_kserve_path_and_openai_body(tpki: Pki, tmp_path: Path) -> None:
+    async with mesh_of(tpki, tmp_path, two_versions(), CANARY) as mesh, mesh.client() as client:
+        host = {"host": "inference"}
+        r = await asyncio.wait_for(
+            client.post("/v2/models/llama/versions/3/infer", headers=host, json={"inputs": []}),
+            10,
+        )
+        assert r.headers["x-served-by"] == "v2"
+        _, headers, _ = mesh.replicas["v2"].requests[-1]
+        assert headers[b"x-model-name"] == b"llama"
+        # OpenAI style: the model is in the JSON body, after a large field, and
+        # the body still reaches the replica byte for byte.
+        body = json.dumps(
+            {"messages": [{"role": "user", "content": "x" * 20000}], "model": "llama"}
+        ).encode()
+        for _ in range(20):  # a weighted split would send ~18 of 20 to v1
+            r = await asyncio.wait_for(
+                client.post(
+                    "/v1/chat/completions",
+                    headers={**host, "content-type": "application/json"},
+                    content=body,
+                ),
+                10,
+            )
+            assert r.status_code == 200
+            assert r.headers["x-served-by"] == "v2"
+        _, headers, got = mesh.replicas["v2"].requests[-1]
+        assert got == body
+        assert headers[b"x-model-name"] == b"llama"
+        # Another model follows the weighted default route (mostly v1).
+        other = json.dumps({"model": "mistral", "prompt": "hi"}).encode()
+        served = []
+        for _ in range(20):
+            r = await asyncio.wait_for(
+                client.post(
+                    "/v1/completions",
+                    headers={**host, "content-type": "application/json"},
+                    content=other,
+                ),
+                10,
+            )
+            served.append(r.headers["x-served-by"])
+        assert served.count("v1") >= 12, served
