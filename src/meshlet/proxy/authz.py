@@ -59,6 +59,8 @@ DENIED_BODY = "RBAC: access denied"  # Envoy's RBAC filter body; clients and tes
 JWT_FAILED_BODY = "Jwt verification fails"  # Envoy jwt_authn's 401 body
 # Istio refreshes jwksUri keys every 20 minutes (PILOT_JWT_PUB_KEY_REFRESH_INTERVAL).
 JWKS_REFRESH_S = 20 * 60.0
+# After a failed fetch (keys kept, or none yet: tokens of that issuer get 401).
+JWKS_RETRY_S = 30.0
 # Requests whose audit record waits for finish(); bounded in case a driver never calls it.
 _MAX_PENDING_AUDIT = 10_000
 _ALLOW = GateVerdict(allowed=True)
@@ -306,14 +308,16 @@ class PolicyGate:
                 rule_timeout = max(
                     r.timeout_s for r in self.authenticator.rules if r.jwks_uri == uri
                 )
+                now = self.clock.monotonic()
                 try:
                     text = await asyncio.wait_for(_http_get(uri), timeout=rule_timeout)
                     self.authenticator = self.authenticator.with_jwks(uri, text)
                     logger.info("jwks_loaded", extra={"uri": uri})
+                    self._jwks_fetched[uri] = now
                 except (OSError, TimeoutError, ValueError, ConfigError) as exc:
                     logger.warning("jwks_fetch_failed", extra={"uri": uri, "error": str(exc)})
-                # failed fetches are retried on the next refresh, not per request
-                self._jwks_fetched[uri] = self.clock.monotonic()
+                    # retried by a background refresh soon, never per request
+                    self._jwks_fetched[uri] = now - JWKS_REFRESH_S + JWKS_RETRY_S
 
     # -- audit ----------------------------------------------------------------
 
