@@ -22,7 +22,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import yaml
@@ -31,12 +31,12 @@ from meshlet.clock import Clock, MonotonicClock
 from meshlet.config.bootstrap import load_bootstrap
 from meshlet.config.istio_security import load_security_paths
 from meshlet.config.mesh import MeshConfig
-from meshlet.errors import ConfigError, MeshError, UpstreamError
+from meshlet.errors import ConfigError, MeshError
 from meshlet.identity.ca import DEFAULT_SVID_TTL_S, CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
+from meshlet.mesh.controlplane import ControlPlane, await_endpoints
 from meshlet.mesh.plan import HOST, Features, MeshPlan, ReplicaPlan, bootstrap_for, plan_mesh
-from meshlet.mesh.ports import START_ATTEMPTS, PortPicker, looks_like_port_clash
-from meshlet.mesh.probe import http_get
+from meshlet.mesh.ports import START_ATTEMPTS, PortPicker
 from meshlet.mesh.state import (
     MeshState,
     ReplicaState,
@@ -45,11 +45,11 @@ from meshlet.mesh.state import (
     write_state,
 )
 from meshlet.mesh.supervisor import ProcessSpec, Supervised
+from meshlet.mesh.waiting import PortClash, http_ok, port_open, until, wait_announced
 from meshlet.traffic.loader import load_routing
 
 SIDECAR_READY_TIMEOUT_S = 20.0  # a sidecar is ready in well under a second; 2 cores are shared
 APP_READY_TIMEOUT_S = 90.0  # importing torch and building a model takes seconds
-CONTROL_SYNC_TIMEOUT_S = 45.0  # the control plane's resync grace plus a held watch
 STOP_GRACE_S = 5.0  # matches the proxy's default drain deadline
 RENEW_CHECK_S = 30.0  # how often SVID ages are looked at; renewal is at half-life (12 h)
 
@@ -58,10 +58,6 @@ def renew_due(issued_at: float, not_after: float, now: float, fraction: float = 
     """Renew once ``fraction`` of the lifetime has passed; half by default, as Istio
     and SPIRE do: plenty of time to retry, and a leaked key is useful for half as long."""
     return now >= issued_at + (not_after - issued_at) * fraction
-
-
-class PortClash(MeshError):
-    """A picked port was taken before its process bound it; start over."""
 
 
 def detect_features() -> Features:
@@ -115,9 +111,8 @@ class MeshRunner:
         self.config = config
         self.proxy_argv = tuple(proxy_argv)
         self.control_argv = tuple(control_argv)
-        self.control: Supervised | None = None
+        self.control: ControlPlane | None = None
         self.control_port: int | None = None
-        self._control_ready = asyncio.Event()
         self.on_event = on_event
         self.features = features or detect_features()
         self.python = python
@@ -224,18 +219,24 @@ class MeshRunner:
     async def _start_once(self, ca: CertificateAuthority) -> None:
         self.plan = plan = self._prepare(ca)
         if self.config.control_plane:
-            await self._start_control()
+            assert self.control_port is not None, "BUG: no port for the control plane"
+            self.control = ControlPlane(
+                self.config, argv=self.control_argv, port=self.control_port, on_event=self.on_event
+            )
+            await self.control.start()
         self.replicas = [self._replica(r) for r in plan.replicas]
         await asyncio.gather(*(self._start_sidecar(r) for r in self.replicas))
         if self.config.control_plane:
-            await asyncio.gather(*(self._await_endpoints(r) for r in self.replicas))
+            await asyncio.gather(
+                *(await_endpoints(plan, r.admin or "", r.sidecar) for r in self.replicas)
+            )
         services = [r for r in self.replicas if r.plan.service is not None]
         clients = [r for r in self.replicas if r.plan.service is None]
         await asyncio.gather(*(self._start_app(r) for r in services))
         await asyncio.gather(*(self._start_app(r) for r in clients))
         self.write_state()
         if self.control is not None:
-            self._tasks.append(asyncio.create_task(self._watch(self.control)))
+            self._tasks.append(asyncio.create_task(self._watch(self.control.process)))
         else:  # in control-plane mode each sidecar renews its own SVID
             self._tasks.append(asyncio.create_task(self._renew_forever()))
         for r in self.replicas:
@@ -260,87 +261,15 @@ class MeshRunner:
         return replica
 
     def _sidecar_argv(self, plan: ReplicaPlan) -> tuple[str, ...]:
-        if not self.config.control_plane:
+        if self.control is None:
             return (*self.proxy_argv, "--config", str(plan.bootstrap_path))
         assert self._ca is not None, "BUG: sidecar before the CA"
-        # A single-use join token on the command line: it is spent within seconds
-        # of the start, and a restarted sidecar reuses the SVID in its state dir.
         token = self._ca.issue_join_token(SpiffeId.parse(plan.spiffe_id), now=self.clock.wall())
-        argv = [
-            *self.proxy_argv,
-            "--control",
-            self.control_url,
-            "--token",
-            token,
-            "--workload",
-            plan.workload.name,
-            "--bundle",
-            str(self.config.state_dir / "ca" / "bundle.pem"),
-            "--state-dir",
-            str(plan.directory / "proxy"),
-            "--outbound",
-            f"{HOST}:{plan.outbound_port}",
-            "--admin",
-            f"{HOST}:0",
-        ]
-        if plan.inbound_port is not None:
-            argv += ["--inbound", f"{HOST}:{plan.inbound_port}", "--app", f"{HOST}:{plan.app_port}"]
-        return tuple(argv)
+        return self.control.sidecar_argv(self.proxy_argv, plan, token)
 
     @property
     def control_url(self) -> str:
-        return f"https://{HOST}:{self.control_port}" if self.control_port else ""
-
-    async def _start_control(self) -> None:
-        """The control plane serves the mesh directory; it must answer before any
-        sidecar asks it for an identity."""
-        env = {
-            k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")
-        }
-        spec = ProcessSpec(
-            name="control plane",
-            argv=(
-                *self.control_argv,
-                "--config-dir",
-                str(self.config.source.parent),
-                "--ca-dir",
-                str(self.config.state_dir / "ca"),
-                "--listen",
-                f"{HOST}:{self.control_port}",
-            ),
-            env={**env, "PYTHONUNBUFFERED": "1"},
-            cwd=self.config.state_dir,
-            log_path=self.config.state_dir / "control.log",
-            restart="always",
-        )
-
-        def line(text: str) -> None:
-            if text.startswith("{") and '"ready"' in text:
-                self._control_ready.set()
-
-        self._control_ready = asyncio.Event()  # fresh for each start attempt
-        self.control = control = Supervised(spec, on_line=line, on_event=self.on_event)
-        await control.spawn()
-        exited = asyncio.create_task(control.wait_exit())
-        ready = asyncio.create_task(self._control_ready.wait())
-        done, _ = await asyncio.wait(
-            {exited, ready}, timeout=SIDECAR_READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        ready.cancel()
-        if exited in done:
-            output = "\n".join(control.tail)
-            if looks_like_port_clash(output):
-                raise PortClash(f"control plane: {output.splitlines()[-1:]}")
-            raise ConfigError(
-                f"the control plane exited with status {exited.result()} while "
-                f"starting:\n{_indent(output)}"
-            )
-        exited.cancel()
-        if not done:
-            raise ConfigError(
-                f"the control plane did not start in {SIDECAR_READY_TIMEOUT_S:.0f}s;"
-                f" log: {spec.log_path}"
-            )
+        return self.control.url if self.control is not None else ""
 
     def _sidecar_line(self, replica: Replica, line: str) -> None:
         if not line.startswith("{") or '"ready"' not in line:
@@ -359,66 +288,14 @@ class MeshRunner:
     async def _start_sidecar(self, replica: Replica) -> None:
         sidecar = replica.sidecar
         await sidecar.spawn()
-        exited = asyncio.create_task(sidecar.wait_exit())
-        announced = asyncio.create_task(replica.announced.wait())
-        done, _ = await asyncio.wait(
-            {exited, announced},
-            timeout=SIDECAR_READY_TIMEOUT_S,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        announced.cancel()
-        if exited in done:
-            output = "\n".join(sidecar.tail)
-            if looks_like_port_clash(output):
-                raise PortClash(f"{sidecar.spec.name}: {output.splitlines()[-1:]}")
-            raise ConfigError(
-                f"{sidecar.spec.name} exited with status {exited.result()} while "
-                f"starting:\n{_indent(output)}"
-            )
-        exited.cancel()
-        if not done:
-            raise ConfigError(
-                f"{sidecar.spec.name} did not announce readiness in "
-                f"{SIDECAR_READY_TIMEOUT_S:.0f}s; log: {sidecar.spec.log_path}"
-            )
+        await wait_announced(sidecar, replica.announced, SIDECAR_READY_TIMEOUT_S)
         assert replica.admin is not None, "BUG: a sidecar announced no admin address"
         host, _, port = replica.admin.rpartition(":")
-        await _until(
-            lambda: _http_ok(host, int(port), "/ready"),
+        await until(
+            lambda: http_ok(host, int(port), "/ready"),
             sidecar,
             SIDECAR_READY_TIMEOUT_S,
             "its admin /ready",
-        )
-
-    async def _await_endpoints(self, replica: Replica) -> None:
-        """In control-plane mode a sidecar learns its peers from snapshots, which a
-        fresh control plane holds back for a few seconds (its resync grace); an app
-        started before then would get 502 for every service. So wait until the
-        sidecar's /config_dump lists every endpoint of every service."""
-        assert self.plan is not None
-        expected = {
-            s.name: {f"{HOST}:{r.inbound_port}" for r in self.plan.of_service(s.name)}
-            for s in self.config.services
-        }
-        assert replica.admin is not None, "BUG: waiting on a sidecar that never announced"
-        host, _, port = replica.admin.rpartition(":")
-
-        async def complete() -> bool:
-            try:
-                status, body = await http_get(host, int(port), "/config_dump", timeout_s=2.0)
-                services = json.loads(body)["outbound"]["services"] if status == 200 else {}
-            except (UpstreamError, ValueError, KeyError, TypeError):
-                return False
-            return all(
-                {e.get("address") for e in services.get(name, {}).get("endpoints", [])} >= want
-                for name, want in expected.items()
-            )
-
-        await _until(
-            complete,
-            replica.sidecar,
-            CONTROL_SYNC_TIMEOUT_S,
-            "its first complete snapshot from the control plane",
         )
 
     async def _start_app(self, replica: Replica) -> None:
@@ -437,8 +314,8 @@ class MeshRunner:
             return
         port = plan.app_port
         path = plan.readiness_path
-        probe = (lambda: _http_ok(HOST, port, path)) if path else (lambda: _port_open(HOST, port))
-        await _until(probe, app, APP_READY_TIMEOUT_S, f"readiness ({path or 'port ' + str(port)})")
+        probe = (lambda: http_ok(HOST, port, path)) if path else (lambda: port_open(HOST, port))
+        await until(probe, app, APP_READY_TIMEOUT_S, f"readiness ({path or 'port ' + str(port)})")
 
     async def _watch(self, process: Supervised) -> None:
         await process.supervise()
@@ -493,7 +370,7 @@ class MeshRunner:
         await asyncio.gather(*(a.stop(STOP_GRACE_S) for a in apps))
         await asyncio.gather(*(r.sidecar.stop(STOP_GRACE_S) for r in self.replicas))
         if self.control is not None:
-            await self.control.stop(STOP_GRACE_S)
+            await self.control.process.stop(STOP_GRACE_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -508,49 +385,3 @@ class MeshRunner:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
-
-
-async def _http_ok(host: str, port: int, path: str) -> bool:
-    try:
-        status, _ = await http_get(host, port, path, timeout_s=1.0)
-    except UpstreamError:
-        return False
-    return 200 <= status < 300
-
-
-async def _port_open(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    return True
-
-
-async def _until(
-    probe: Callable[[], Awaitable[bool]], process: Supervised, timeout_s: float, what: str
-) -> None:
-    """Poll ``probe`` until it is true; fail early if the process exits meanwhile."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    delay = 0.02
-    while True:
-        if await probe():
-            return
-        if not process.running:
-            code = await process.wait_exit()
-            raise ConfigError(
-                f"{process.spec.name} exited with status {code} before passing "
-                f"{what}:\n{_indent(chr(10).join(process.tail))}"
-            )
-        if loop.time() > deadline:
-            raise ConfigError(
-                f"{process.spec.name} did not pass {what} in {timeout_s:.0f}s; "
-                f"log: {process.spec.log_path}"
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.5)
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in (text.splitlines() or ["(no output)"]))

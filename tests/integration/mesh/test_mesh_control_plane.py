@@ -131,20 +131,14 @@ async def test_live_config_invalid_change_and_control_plane_crash(tmp_path: Path
 
         # 3. The control plane crashes; the data plane does not notice.
         assert runner.control is not None
-        assert runner.control.pid is not None
-        old_pid = runner.control.pid
+        control = runner.control.process
+        assert control.pid is not None
+        old_pid = control.pid
         mark = len(load.seen)
         os.kill(old_pid, signal.SIGKILL)
         await load.for_s(2.0)
         assert set(load.since(mark)) == {("live", 403), ("ready", 200)}
-        await load.until(
-            lambda: (
-                runner.control is not None
-                and runner.control.running
-                and runner.control.pid != old_pid
-            ),
-            30,
-        )
+        await load.until(lambda: control.running and control.pid != old_pid, 30)
 
         # ... and it resyncs on return: removing the policy is pushed again.
         mark = len(load.seen)
