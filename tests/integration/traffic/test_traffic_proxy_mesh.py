@@ -253,7 +253,7 @@ async def send_many(
     headers: dict[str, str] | None = None,
     path: str = "/",
 ) -> Counter[str]:
-    """``n`` GETs to ``inference``; counts ``x-served-by`` (or the status as text)."""
+    """``n`` GETs to ``inference``; counts ``x-served-by`` of 200s, else the status."""
     counts: Counter[str] = Counter()
     todo = iter(range(n))
     sent = {"host": "inference", **(headers or {})}
@@ -261,7 +261,8 @@ async def send_many(
     async def worker() -> None:
         for _ in todo:
             r = await client.get(path, headers=sent)
-            counts[r.headers.get("x-served-by") or str(r.status_code)] += 1
+            ok = r.status_code == 200
+            counts[r.headers.get("x-served-by", "") if ok else str(r.status_code)] += 1
 
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), 60)
     return counts

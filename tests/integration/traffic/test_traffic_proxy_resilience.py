@@ -1,0 +1,173 @@
+"""Retries, outlier ejection, pool overflow, mirrors, stream idle timeouts and
+P2C-EWMA through real sidecars, with upstreams that misbehave on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
+from tests.integration.traffic.test_traffic_proxy_mesh import (
+    Replica,
+    mesh_of,
+    send_many,
+    tpki_fixture,  # noqa: F401 - the "tpki" fixture
+)
+
+pytestmark = pytest.mark.integration
+
+
+def vs(http: str, annotations: str = "") -> str:
+    meta = "{name: inference, namespace: ml" + (
+        f", annotations: {{{annotations}}}}}" if annotations else "}"
+    )
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {meta}
+spec:
+  hosts: [inference]
+  http:
+{http}
+"""
+
+
+def dr(policy: str) -> str:
+    return f"""
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: inference, namespace: ml}}
+spec:
+  host: inference
+  trafficPolicy: {policy}
+"""
+
+
+async def test_5xx_burst_ejects_then_endpoint_returns(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs("  - route: [{destination: {host: inference}}]\n    retries: {attempts: 0}") + dr(
+        "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, "
+        "interval: 500ms, baseEjectionTime: 2s, maxEjectionPercent: 50}}"
+    )
+    bad, good = Replica("bad", {}, status=500), Replica("good", {})
+    async with mesh_of(tpki, tmp_path, [bad, good], routing) as mesh, mesh.client() as client:
+        await send_many(client, 12, concurrency=1)
+        assert bad.hits == 3  # ejected after the third 500 in a row
+        await send_many(client, 20, concurrency=1)
+        assert bad.hits == 3 and good.hits == 29
+        bad.status = 200
+        await asyncio.sleep(2.7)  # baseEjectionTime x 1, then the next 500 ms sweep
+        counts = await send_many(client, 20, concurrency=1)
+        assert counts["bad"] >= 5, counts
+
+
+async def test_retries_succeed_on_flaky_replica_and_stop_at_budget(
+    tpki: Pki, tmp_path: Path
+) -> None:
+    routing = vs(
+        "  - route: [{destination: {host: inference}}]\n    retries: {attempts: 3, retryOn: 5xx}"
+    )
+    flaky = Replica("flaky", {}, fail_next=2)
+    async with mesh_of(tpki, tmp_path, [flaky], routing) as mesh, mesh.client() as client:
+        r = await asyncio.wait_for(client.get("/", headers={"host": "inference"}), 10)
+        assert r.status_code == 200 and flaky.hits == 3
+        # Now it always fails: 150 requests would want 450 retries; the budget
+        # allows 10/s x 10 s + 20 % of the requests (Linkerd's defaults).
+        flaky.status = 503
+        before = flaky.hits
+        counts = await send_many(client, 150, concurrency=8)
+        assert counts == {"503": 150}
+        retries = flaky.hits - before - 150
+        assert 100 <= retries <= 100 + 0.2 * 151 + 1, retries
+
+
+async def test_pending_overflow_is_503_and_mesh_stays_up(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs("  - route: [{destination: {host: inference}}]\n    retries: {attempts: 0}") + dr(
+        "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}"
+    )
+    slow = Replica("slow", {}, delay_s=0.8)
+    async with mesh_of(tpki, tmp_path, [slow], routing) as mesh, mesh.client() as client:
+        host = {"host": "inference"}
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(client.get("/", headers=host) for _ in range(6))), 10
+        )
+        codes = sorted(r.status_code for r in replies)
+        assert codes == [200, 200, 503, 503, 503, 503], codes
+        refused = [r for r in replies if r.status_code == 503]
+        assert all(r.headers["x-meshlet-error"] == "overflow" for r in refused)
+        assert "http1_max_pending_requests" in refused[0].text
+        slow.delay_s = 0.0
+        r = await asyncio.wait_for(client.get("/", headers=host), 5)
+        assert r.status_code == 200
+
+
+async def test_hanging_mirror_never_slows_the_caller(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs(
+        "  - route: [{destination: {host: inference}}]\n"
+        "    mirror: {host: shadow}\n"
+        "    mirrorPercentage: {value: 100}"
+    )
+    main, shadow = Replica("main", {}), Replica("shadow", {}, hang=True)
+    async with (
+        mesh_of(tpki, tmp_path, [main], routing, extra_services={"shadow": [shadow]}) as mesh,
+        mesh.client() as client,
+    ):
+        slowest = 0.0
+        for i in range(30):
+            t0 = time.perf_counter()
+            r = await asyncio.wait_for(
+                client.post("/x", headers={"host": "inference"}, content=b"req%d" % i), 5
+            )
+            slowest = max(slowest, time.perf_counter() - t0)
+            assert r.status_code == 200 and r.headers["x-served-by"] == "main"
+        assert main.hits == 30
+        assert slowest < 0.5, slowest  # the shadow never answers
+        for _ in range(100):  # the copies arrive in the background
+            if shadow.hits:
+                break
+            await asyncio.sleep(0.02)
+        assert 1 <= shadow.hits <= 30
+        _, headers, body = shadow.requests[0]
+        assert headers[b"host"] == b"inference-shadow"
+        assert body.startswith(b"req")
+
+
+async def test_sse_stream_outlives_short_idle_timeout_and_stalled_one_is_cut(
+    tpki: Pki, tmp_path: Path
+) -> None:
+    # The issue's 60 s of tokens vs a 5 s idle timeout, scaled to 6 s vs 0.5 s.
+    routing = vs(
+        "  - route: [{destination: {host: inference}}]",
+        annotations='meshlet.io/stream-idle-timeout: "500ms"',
+    )
+    gen = Replica("gen", {}, sse_tokens=60, sse_interval_s=0.1)
+    async with mesh_of(tpki, tmp_path, [gen], routing) as mesh, mesh.client() as client:
+        host = {"host": "inference"}
+        t0 = time.perf_counter()
+        r = await asyncio.wait_for(client.get("/v1/stream", headers=host), 15)
+        assert r.status_code == 200
+        assert r.text.count("data: token") == 60
+        assert time.perf_counter() - t0 >= 5.5
+        gen.sse_stall_after = 5
+        got: list[str] = []
+        t0 = time.perf_counter()
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with client.stream("GET", "/v1/stream", headers=host) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    got.append(line)
+        assert sum(1 for g in got if g.startswith("data:")) == 5
+        assert time.perf_counter() - t0 < 4.0
+
+
+async def test_p2c_moves_load_away_from_a_replica_10x_slower(tpki: Pki, tmp_path: Path) -> None:
+    # "inference" has no routing config here: the unrouted fast path's picker.
+    other = dr("{}").replace("host: inference", "host: elsewhere").lstrip("-\n")
+    fast, slow = Replica("fast", {}, delay_s=0.01), Replica("slow", {}, delay_s=0.1)
+    async with mesh_of(tpki, tmp_path, [fast, slow], other) as mesh, mesh.client() as client:
+        counts = await send_many(client, 200, concurrency=4)
+        assert counts["fast"] + counts["slow"] == 200
+        assert counts["slow"] < 40, counts  # round robin would send 100
