@@ -40,6 +40,7 @@ def test_good_mesh_with_defaults() -> None:
     mesh = _parse(GOOD)
     assert mesh.trust_domain == "example.org"
     assert mesh.state_dir == Path("/m/.meshlet")
+    assert mesh.control_plane is False
     v1, v2, frontend = mesh.workloads
     assert v1.command[:3] == ("python", "-m", "meshlet.workloads.inference")
     assert v1.replicas == 2
