@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from meshlet.clock import ManualClock
 from meshlet.telemetry.accesslog import FIELDS, AccessLog
 
@@ -117,3 +120,31 @@ def test_write_errors_do_not_raise() -> None:
     log = AccessLog(broken, clock=ManualClock(), max_entries=1)
     _record(log)  # must not raise into the request path
     assert log.lines_written == 0
+
+
+@given(
+    user_agent=st.text(max_size=40),
+    path=st.text(max_size=40).map(lambda s: "/" + s.replace("?", "")),
+    authority=st.text(max_size=20),
+)
+def test_any_string_round_trips_through_json(user_agent: str, path: str, authority: str) -> None:
+    sink = Sink()
+    log = AccessLog(sink, clock=ManualClock())
+    _record(log, user_agent=user_agent, path=path, authority=authority)
+    log.flush()
+    (line,) = sink.lines()
+    assert (line["user_agent"], line["path"], line["authority"]) == (user_agent, path, authority)
+    assert sink.writes[0].count(b"\n") == 1  # a newline in a value never splits the line
+
+
+def test_numbers_and_time_format() -> None:
+    sink = Sink()
+    log = AccessLog(sink, clock=ManualClock())
+    _record(log, start_wall=1_700_000_000.999, duration_s=2.0, request_bytes=0)
+    _record(log, start_wall=1_700_000_001.0)
+    log.flush()
+    first, second = sink.lines()
+    assert first["start_time"] == "2023-11-14T22:13:20.999+00:00"
+    assert second["start_time"] == "2023-11-14T22:13:21.000+00:00"
+    assert first["duration_ms"] == 2000.0
+    assert first["bytes_received"] == 0

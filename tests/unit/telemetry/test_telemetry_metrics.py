@@ -104,7 +104,7 @@ def test_byte_histograms() -> None:
 
 def test_tcp_counters() -> None:
     m = GoldenMetrics()
-    labels = {
+    labels: dict[str, Any] = {
         "reporter": "destination",
         "source_principal": CLIENT,
         "destination_principal": SERVER,
