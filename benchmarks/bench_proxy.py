@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -316,7 +317,11 @@ def _meshlet_pair(
         [*meshlet, "proxy", "--config", str(workdir / "out.yaml")], ready_line=True
     )
     idle_rss = max(_rss_mib(p_in.pid), _rss_mib(p_out.pid))
-    idle = {"startup_ms": max(t_in, t_out) * 1000, "idle_rss_mib": idle_rss}
+    idle = {
+        "startup_ms": max(t_in, t_out) * 1000,
+        "idle_rss_mib": idle_rss,
+        "startup_cpu_ms": max(_cpu_s(p_in.pid), _cpu_s(p_out.pid)) * 1000,
+    }
     return [p_out, p_in], out_port, idle
 
 
@@ -329,6 +334,19 @@ def _floor_pair(workdir: Path, up_port: int) -> tuple[list[subprocess.Popen[byte
                          wait_file=f_out)  # fmt: skip
     time.sleep(0.05)
     return [p_out, p_in], int(f_out.read_text())
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figure by figure median of several runs (lists element-wise)."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        if isinstance(first, list):
+            out[key] = [statistics.median(r[key][i] for r in runs) for i in range(len(first))]
+        else:
+            out[key] = statistics.median(r[key] for r in runs)
+    out["requests"] = int(out["requests"])
+    out["errors"] = int(sum(r["errors"] for r in runs))
+    return out
 
 
 def _fmt(
@@ -360,6 +378,12 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--max-rate", action="store_true", help="also run a closed-loop max rate")
     ap.add_argument("--only", choices=["direct", "floor", "meshlet"], action="append")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure every topology this many times, interleaved; report medians",
+    )
     a = ap.parse_args()
     only = set(a.only or ["direct", "floor", "meshlet"])
     procs: list[subprocess.Popen[bytes]] = []
@@ -373,30 +397,43 @@ def main() -> int:
         time.sleep(0.05)
         up_port = int(up_file.read_text())
         try:
+            targets: dict[str, tuple[int, list[int]]] = {}
             if "direct" in only:
-                results["direct"] = _measure(up_port, [], a, "bench")
+                targets["direct"] = (up_port, [])
             if "floor" in only:
                 fl, port = _floor_pair(work, up_port)
                 procs += fl
-                results["floor"] = _measure(port, [p.pid for p in fl], a, "bench")
+                targets["floor"] = (port, [p.pid for p in fl])
+            idle: dict[str, float] = {}
             if "meshlet" in only:
                 ms, port, idle = _meshlet_pair(work, up_port)
                 procs += ms
-                results["meshlet"] = _measure(port, [p.pid for p in ms], a, "bench")
+                targets["meshlet"] = (port, [p.pid for p in ms])
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+            for _ in range(a.rounds):  # interleaved, so load from other work hits all alike
+                for name, (port, pids) in targets.items():
+                    runs[name].append(_measure(port, pids, a, "bench"))
+            results = {name: _median(rs) for name, rs in runs.items()}
+            if "meshlet" in results:
                 results["meshlet"].update(idle)
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.wait(timeout=10)
-    print(f"# rate {a.rate:.0f} req/s, {a.seconds:.0f} s, {a.conns} keep-alive connections, "
-          "1 KiB responses; proxies listed outbound/inbound")  # fmt: skip
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(
+        f"# rate {a.rate:.0f} req/s, {a.seconds:.0f} s x {a.rounds} interleaved rounds "
+        f"(medians), {a.conns} keep-alive connections, 1 KiB responses; proxies listed "
+        f"outbound/inbound; load average at the end: {load}"
+    )
     base, floor = results.get("direct"), results.get("floor")
     for name, r in results.items():
         print(_fmt(name, r, base, floor))
     if "meshlet" in results:
         m = results["meshlet"]
-        print(f"meshlet  startup-to-ready {m['startup_ms']:.0f} ms (process start to ready line), "
+        print(f"meshlet  startup-to-ready {m['startup_ms']:.0f} ms wall, "
+              f"{m['startup_cpu_ms']:.0f} ms CPU (process start to ready line), "
               f"idle RSS {m['idle_rss_mib']:.1f} MiB, peak RSS "
               + "/".join(f"{x:.1f}" for x in m["peak_rss_mib"]) + " MiB")  # fmt: skip
     return 0
