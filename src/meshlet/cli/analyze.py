@@ -55,10 +55,13 @@ def _analyze(args: argparse.Namespace) -> int:
         for doc in docs:
             if _is_mesh_yaml(doc):
                 mesh_workloads, referenced = _mesh(doc, problems)
-                workloads = [*(workloads or []), *mesh_workloads]
-                queue.extend(iter_yaml_files(referenced))
+            elif _is_bootstrap(doc):
+                mesh_workloads, referenced = _bootstrap(doc, problems)
             else:
                 documents.append(doc)
+                continue
+            workloads = [*(workloads or []), *mesh_workloads]
+            queue.extend(iter_yaml_files(referenced))
 
     security_docs: list[Any] = []
     other_docs: list[Any] = []
@@ -101,6 +104,42 @@ def _is_mesh_yaml(doc: Any) -> bool:
         and "apiVersion" not in data
         and bool({"services", "clients", "trust_domain"} & set(data))
     )
+
+
+def _is_bootstrap(doc: Any) -> bool:
+    data = doc.data
+    return isinstance(data, dict) and "kind" not in data and "identity" in data
+
+
+def _bootstrap(doc: Any, problems: list[str]) -> tuple[list[Any], list[Path]]:
+    """A sidecar bootstrap: checked, and its workload (when its namespace is
+    written down) and referenced policy / routing files join the analysis."""
+    from meshlet.config.bootstrap import parse_bootstrap
+    from meshlet.errors import ConfigError
+    from meshlet.policy.scope import Workload
+
+    try:
+        boot = parse_bootstrap(doc)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return [], []
+    w = boot.workload
+    workloads = (
+        [
+            Workload(
+                namespace=w.namespace,
+                labels=dict(w.labels),
+                service_account=w.service_account or "default",
+            )
+        ]
+        if w.namespace
+        else []
+    )
+    files = [
+        *(boot.inbound.policies if boot.inbound else ()),
+        *(boot.outbound.routing if boot.outbound else ()),
+    ]
+    return workloads, files
 
 
 def _mesh(doc: Any, problems: list[str]) -> tuple[list[Any], list[Path]]:

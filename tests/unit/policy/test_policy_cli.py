@@ -191,3 +191,25 @@ def test_analyze_hands_routing_to_the_traffic_loader(
     assert code == 1
     assert "bogusField" in out
     assert f"{path}:8" in out
+
+
+def test_analyze_follows_a_sidecar_bootstrap(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "p.yaml").write_text(
+        policy("for-other", "selector: {matchLabels: {app: other}}\nrules: [{}]")
+    )
+    boot = tmp_path / "proxy.yaml"
+    boot.write_text(
+        "identity: {cert: c.pem, key: k.pem, bundle: b.pem}\n"
+        "workload: {namespace: foo, labels: {app: httpbin}}\n"
+        "inbound: {listen: '127.0.0.1:15006', app: '127.0.0.1:8080', policies: [p.yaml]}\n"
+    )
+    code, out = analyze(capsys, boot)
+    assert code == 0, out
+    assert "2 file(s)" in out
+    assert "foo/for-other: selector app=other matches no known workload" in out
+    boot.write_text(boot.read_text() + "inbond: {}\n")
+    code, out = analyze(capsys, boot)
+    assert code == 1
+    assert f"{boot}:4: error: inbond: unknown field" in out
