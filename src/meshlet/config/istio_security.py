@@ -28,6 +28,7 @@ GROUP = "security.istio.io"
 VERSIONS = frozenset({"v1", "v1beta1"})
 KINDS = frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"})
 Selector = tuple[tuple[str, str], ...] | None
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
 
 
 class Action(enum.Enum):
@@ -441,6 +442,11 @@ def _operation(check: _Checker, o: _OperationSchema, path: tuple[str | int, ...]
 def _authorization(resource: Resource) -> AuthorizationPolicy:
     spec: _AuthzSpec = _validate(_AuthzSpec, resource)
     check = _Checker(resource)
+    metadata = resource.document.data.get("metadata") or {}
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if isinstance(annotations, dict) and DRY_RUN_ANNOTATION in annotations:
+        # enforcing a dry-run policy would change traffic; ignoring it would hide it
+        check.fail(("metadata", "annotations", DRY_RUN_ANNOTATION), "dry-run is not supported")
     try:
         action = Action(spec.action)
     except ValueError:

@@ -222,3 +222,11 @@ def test_extension_provider_loads() -> None:
         False,
     )
     assert p.include_request_headers == ("authorization",)
+
+
+def test_dry_run_annotation_is_refused() -> None:
+    text = policy("shadow", "action: DENY\nrules: [{}]").replace(
+        "namespace: foo}", "namespace: foo, annotations: {istio.io/dry-run: 'true'}}"
+    )
+    (problem,) = problems(text)
+    assert "metadata.annotations.istio.io/dry-run: dry-run is not supported" in problem
