@@ -14,8 +14,8 @@ peek at the first byte (0x16 = TLS handshake record, RFC 8446 §5.1) before
 choosing TLS or plaintext.
 
 Half-close: an EOF is passed on where the other leg can carry it (plaintext
-``write_eof``); a TLS leg cannot half-close in asyncio, so the other direction
-keeps flowing until it ends or ``idle_s`` passes without a byte either way.
+``write_eof``) and the other direction keeps flowing; a TLS leg cannot
+half-close in asyncio, so there an EOF ends the whole connection.
 Byte counts reach ``istio_tcp_*`` when the connection closes.
 """
 
@@ -47,12 +47,20 @@ IdentitySource = Callable[[], LoadedIdentity]
 
 
 class _Splice:
-    """Copies bytes between two stream pairs until both directions end."""
+    """Copies bytes between two stream pairs until both directions end.
 
-    __slots__ = ("_idle_s", "received", "sent")
+    An EOF is forwarded where the receiving leg can half-close (plaintext); then
+    the other direction keeps flowing. Where it cannot (TLS in asyncio), the
+    whole splice ends: the peer closed, and waiting for the other side to notice
+    on its own would hold the connection for ``idle_s``. ``idle_s`` counts
+    silence in *both* directions, so a long one-way stream is not cut.
+    """
+
+    __slots__ = ("_idle_s", "_last", "received", "sent")
 
     def __init__(self, idle_s: float) -> None:
         self._idle_s = idle_s
+        self._last = 0.0
         self.received = 0  # downstream -> upstream (Istio: request direction)
         self.sent = 0  # upstream -> downstream (response direction)
 
@@ -61,29 +69,37 @@ class _Splice:
         down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> None:
+        self._last = asyncio.get_running_loop().time()
         forward = asyncio.create_task(self._pump(down[0], up[1], upstream=True))
         backward = asyncio.create_task(self._pump(up[0], down[1], upstream=False))
+        pending: set[asyncio.Task[bool]] = {forward, backward}
         try:
-            done, pending = await asyncio.wait(
-                (forward, backward), return_when=asyncio.FIRST_EXCEPTION
-            )
-            for task in done:
-                if task.exception() is not None:
-                    return
-            if pending:
-                await asyncio.wait(pending)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None or not task.result():
+                        return
         finally:
             for task in (forward, backward):
                 task.cancel()
             await asyncio.gather(forward, backward, return_exceptions=True)
 
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await asyncio.wait_for(reader.read(CHUNK_BYTES), timeout=self._idle_s)
+            except TimeoutError:
+                if loop.time() - self._last >= self._idle_s:
+                    raise
+
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
-    ) -> None:
-        while True:
-            data = await asyncio.wait_for(reader.read(CHUNK_BYTES), timeout=self._idle_s)
-            if not data:
-                break
+    ) -> bool:
+        """Copy until EOF; True when the EOF could be passed on (half-close)."""
+        loop = asyncio.get_running_loop()
+        while data := await self._read(reader):
+            self._last = loop.time()
             if upstream:
                 self.received += len(data)
             else:
@@ -93,6 +109,8 @@ class _Splice:
         if writer.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
                 writer.write_eof()
+                return True
+        return False
 
 
 class _TcpListener:

@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 from tests.integration.interop.meshlet_support import (
     client_context,
+    http_get,
+    identity_block,
     issue,
     make_ca,
+    running_proxy,
     spiffe,
     tcp_echo,
+    write_bootstrap,
 )
 
 from meshlet.config.bootstrap import (
@@ -89,12 +93,17 @@ class DenyClients:
 
 @contextlib.asynccontextmanager
 async def inbound(
-    mesh: Mesh, app_port: int, *, mtls: MtlsMode = MtlsMode.STRICT, gate: DenyClients | None = None
+    mesh: Mesh,
+    app_port: int,
+    *,
+    mtls: MtlsMode = MtlsMode.STRICT,
+    gate: DenyClients | None = None,
+    timeouts: Timeouts = TIMEOUTS,
 ) -> AsyncIterator[tuple[TcpInboundListener, GoldenMetrics]]:
     metrics = GoldenMetrics()
     listener = TcpInboundListener(
         _listening(), app=Address(host="127.0.0.1", port=app_port), mtls=mtls,
-        identity=lambda: mesh.server_identity, metrics=metrics, timeouts=TIMEOUTS, gate=gate,
+        identity=lambda: mesh.server_identity, metrics=metrics, timeouts=timeouts, gate=gate,
     )  # fmt: skip
     await listener.start()
     try:
@@ -259,3 +268,118 @@ async def test_drain_waits_for_live_connections_then_cuts(mesh: Mesh) -> None:
         writer.close()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.wait_for(asyncio.open_connection(*inb.address), timeout=T)
+
+
+async def test_tcp_mode_through_two_real_proxies(tmp_path: Path) -> None:
+    """`protocol: tcp` in bootstrap files: app -> A (outbound tcp service) -> B -> echo."""
+    ca = make_ca(tmp_path)
+    b_files = issue(ca, tmp_path / "b", SERVER_ID)
+    a_files = issue(ca, tmp_path / "a", CLIENT_ID)
+    payload = os.urandom(256 * 1024)
+    async with tcp_echo() as app_port:
+        b_conf = {
+            "identity": identity_block(b_files),
+            "admin": "127.0.0.1:0",
+            "inbound": {
+                "listen": "127.0.0.1:0", "app": f"127.0.0.1:{app_port}", "protocol": "tcp",
+            },
+        }  # fmt: skip
+        async with running_proxy(write_bootstrap(tmp_path / "b.yaml", b_conf)) as b:
+            b_port = b.address("inbound")[1]
+            a_conf = {
+                "identity": identity_block(a_files),
+                "admin": "127.0.0.1:0",
+                "outbound": {
+                    "listen": "127.0.0.1:0",
+                    "services": {
+                        "grpc": {
+                            "protocol": "tcp",
+                            "listen": "127.0.0.1:0",
+                            "endpoints": [
+                                {"address": f"127.0.0.1:{b_port}", "identity": SERVER_ID}
+                            ],
+                        }
+                    },
+                },
+            }
+            async with running_proxy(write_bootstrap(tmp_path / "a.yaml", a_conf)) as a:
+                host, port = str(a.ready[0]["tcp"]["grpc"]).rsplit(":", 1)
+                assert await _roundtrip((host, int(port)), payload) == payload
+
+                async def b_stats() -> str:
+                    return (await http_get(*b.address("admin"), "/stats/prometheus"))[2].decode()
+
+                def value(text: str, name: str) -> int:
+                    rows = [line for line in text.splitlines() if line.startswith(name + "{")]
+                    return sum(int(line.rsplit(" ", 1)[1]) for line in rows)
+
+                text = ""
+                for _ in range(100):  # the close reaches B's counters asynchronously
+                    text = await b_stats()
+                    if value(text, "istio_tcp_connections_closed_total") == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert f'source_principal="{CLIENT_ID}"' in text
+                assert value(text, "istio_tcp_connections_closed_total") == 1
+                assert value(text, "istio_tcp_received_bytes_total") == len(payload)
+                assert value(text, "istio_tcp_sent_bytes_total") == len(payload)
+                assert await a.stop() == 0
+            assert await b.stop() == 0
+
+
+@contextlib.asynccontextmanager
+async def ticker(count: int, every_s: float) -> AsyncIterator[int]:
+    """An app that only talks: ``count`` lines, one every ``every_s``, then closes."""
+
+    async def serve(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for i in range(count):
+                writer.write(b"tick %d\n" % i)
+                await writer.drain()
+                await asyncio.sleep(every_s)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_half_close_reaches_a_plaintext_app(mesh: Mesh) -> None:
+    async with (
+        tcp_echo() as app_port,
+        inbound(mesh, app_port, mtls=MtlsMode.PERMISSIVE) as (inb, _),
+    ):
+        reader, writer = await asyncio.open_connection(*inb.address)
+        writer.write(b"request then EOF")
+        writer.write_eof()  # the echo app answers only what it got before EOF
+        assert await asyncio.wait_for(reader.read(), timeout=T) == b"request then EOF"
+        writer.close()
+
+
+async def test_idle_counts_silence_both_ways(mesh: Mesh) -> None:
+    short = Timeouts(connect_s=2.0, idle_s=0.3, header_read_s=2.0)
+    async with (
+        ticker(8, 0.1) as app_port,  # talks for 0.8 s; the client never sends a byte
+        inbound(mesh, app_port, timeouts=short) as (inb, _),
+    ):
+        ctx = client_context(mesh.client_files)
+        reader, writer = await asyncio.open_connection(*inb.address, ssl=ctx)
+        data = await asyncio.wait_for(reader.read(-1), timeout=T)
+        writer.close()
+    assert data.count(b"tick") == 8  # not cut after 0.3 s of client silence
+
+
+async def test_silent_connection_is_closed_after_idle(mesh: Mesh) -> None:
+    short = Timeouts(connect_s=2.0, idle_s=0.3, header_read_s=2.0)
+    async with tcp_echo() as app_port, inbound(mesh, app_port, timeouts=short) as (inb, metrics):
+        ctx = client_context(mesh.client_files)
+        reader, writer = await asyncio.open_connection(*inb.address, ssl=ctx)
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), timeout=T) == b""
+        assert asyncio.get_running_loop().time() - started < 5
+        writer.close()
+        await _eventually(lambda: metrics.tcp_totals()["closed"] == 1)
