@@ -16,7 +16,7 @@ from meshlet.config.istio_security import (
 )
 from meshlet.policy.attributes import RequestAttributes
 from meshlet.policy.engine import CompiledPolicies
-from meshlet.policy.reference import reference_evaluate
+from meshlet.policy.reference import first_match, reference_evaluate
 
 # Small pools so random policies and requests actually hit each other.
 PRINCIPALS = ["cluster.local/ns/foo/sa/a", "cluster.local/ns/bar/sa/b", "td/ns/foo/sa/c"]
@@ -125,14 +125,14 @@ def policy_sets(draw: st.DrawFn) -> list[AuthorizationPolicy]:
     count = draw(st.integers(0, 5))
     out = []
     for i in range(count):
-        action = draw(st.sampled_from([Action.ALLOW, Action.DENY, Action.AUDIT]))
+        action = draw(st.sampled_from([Action.ALLOW, Action.DENY, Action.AUDIT, Action.CUSTOM]))
         out.append(
             AuthorizationPolicy(
                 namespace="foo",
                 name=f"p{i}",
                 selector=None,
                 action=action,
-                provider=None,
+                provider=f"ext{i}" if action is Action.CUSTOM else None,
                 rules=tuple(draw(st.lists(rules, max_size=3))),
             )
         )
@@ -181,6 +181,9 @@ def test_compiled_engine_agrees_with_reference(
             slow.audit,
             slow.audit_policy,
         ), (fast.reason, slow.reason)
+        custom = compiled.match_custom(r)
+        expected = first_match(policies, Action.CUSTOM, r)
+        assert (None if custom is None else (custom.policy, custom.rule)) == expected
 
 
 @settings(max_examples=100, deadline=None)
