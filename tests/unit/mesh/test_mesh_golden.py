@@ -82,3 +82,48 @@ def test_golden_row_and_empty_window() -> None:
     assert g.p50_ms == pytest.approx(2.5)
     empty = golden(Counts(), 2.0)
     assert (empty.success_rate, empty.p50_ms, empty.mtls_share) == (None, None, None)
+
+
+def test_rows_group_replicas_by_workload_and_count_unreachable_sidecars() -> None:
+    from meshlet.mesh.state import MeshState, ReplicaState
+    from meshlet.mesh.status import rows
+
+    def replica(name: str, workload: str, service: str | None) -> ReplicaState:
+        return ReplicaState(
+            name=name,
+            workload=workload,
+            service=service,
+            namespace="ml",
+            spiffe_id="spiffe://td/ns/ml/sa/x",
+            app=None,
+            inbound=None,
+            outbound="127.0.0.1:1",
+            admin="127.0.0.1:2",
+            sidecar_pid=None,
+            app_pid=None,
+            directory="/tmp",
+        )
+
+    state = MeshState(
+        pid=1,
+        source="m.yaml",
+        trust_domain="td",
+        started_at=0.0,
+        replicas=(
+            replica("inf-0", "inf", "inf"),
+            replica("inf-1", "inf", "inf"),
+            replica("web-0", "web", None),
+        ),
+    )
+    early = _scrape(10, 0, 0, (5, 10, 10, 10, 10, 10))
+    late = _scrape(30, 10, 0, (5, 20, 40, 40, 40, 40))
+    out = rows(
+        state, {"inf-0": early, "inf-1": None}, {"inf-0": late, "inf-1": late, "web-0": None}, 2.0
+    )
+    inf, web = out
+    assert (inf.workload, inf.direction, inf.meshed) == ("inf", "inbound", "2/2")
+    # inf-0: 30 in the window; inf-1 had no earlier scrape: all of its 40 count
+    assert inf.window.requests == 30 + 40
+    assert inf.window.rate_per_s == 35
+    assert inf.total_requests == 80
+    assert (web.direction, web.meshed, web.window.success_rate) == ("outbound", "0/1", None)
