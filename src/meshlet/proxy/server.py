@@ -262,11 +262,13 @@ class ProxyServer:
     # -- dynamic configuration (control plane) ------------------------------
 
     def apply_config(self, new: BootstrapConfig) -> None:
-        """Make ``new`` live without rebinding: the outbound HTTP service table is
-        rebuilt off the request path and swapped in with one assignment (pools of
-        unchanged endpoints are kept, so warm connections survive). Anything that
-        would need a rebind or a new gate raises ConfigError and the old config
-        keeps serving (the dynamic client NACKs it)."""
+        """Make ``new`` live without rebinding: the outbound HTTP service table, the
+        routing plan executor and the inbound gate are built off the request path
+        and swapped in with one assignment each (pools of unchanged endpoints are
+        kept, so warm connections survive); an inbound mTLS mode change applies to
+        connections accepted from then on. Anything that would need a rebind
+        raises ConfigError and the old config keeps serving (the dynamic client
+        NACKs it)."""
         old = self.config
         problems = [
             what
@@ -281,15 +283,15 @@ class ProxyServer:
             o, n = old.inbound, new.inbound
             problems += [
                 f"inbound.{k}"
-                for k in ("listen", "app", "mtls", "protocol")
+                for k in ("listen", "app", "protocol")
                 if getattr(o, k) != getattr(n, k)
             ]
-            if o.policies != n.policies and n.protocol != "http":
-                problems.append("inbound.policies (protocol tcp)")
+            if (o.policies, o.mtls) != (n.policies, n.mtls) and n.protocol != "http":
+                problems.append("inbound.policies/mtls (protocol tcp)")
         if old.outbound is not None and new.outbound is not None:
             o2, n2 = old.outbound, new.outbound
-            if (o2.listen, o2.routing) != (n2.listen, n2.routing):
-                problems.append("outbound.listen/routing")
+            if o2.listen != n2.listen:
+                problems.append("outbound.listen")
             tcp = {s for s in n2.services if s.protocol != "http"}
             if tcp != {s for s in o2.services if s.protocol != "http"}:
                 problems.append("outbound tcp services")
@@ -305,6 +307,17 @@ class ProxyServer:
             from meshlet.proxy import authz
 
             gate = authz.build_gate(new, clock=self.clock)
+        routing_changed = (
+            old.outbound is not None
+            and new.outbound is not None
+            and old.outbound.routing != new.outbound.routing
+        )
+        traffic_router = None
+        if routing_changed and new.outbound is not None and new.outbound.routing:
+            from meshlet.traffic.loader import load_routing
+            from meshlet.traffic.router import Router as TrafficRouter
+
+            traffic_router = TrafficRouter(load_routing(new.outbound.routing))  # may raise
         listener = self.outbound_listener
         if new.outbound is not None and listener is not None:
             router = listener.router
@@ -332,7 +345,17 @@ class ProxyServer:
                 cluster = Cluster(name=svc.name, protocol=svc.protocol, endpoints=pools)
                 clusters[svc.name.encode("ascii").lower()] = cluster
             router.clusters = clusters  # the single reference swap
-            if router.traffic is not None:
+            if routing_changed:
+                from meshlet.proxy.routing import OutboundTraffic
+
+                # In-flight requests finish on the old plan executor; new ones
+                # take the new one (the old one is not closed under them).
+                router.traffic = (
+                    None
+                    if traffic_router is None
+                    else OutboundTraffic(traffic_router, clusters, listener=listener)
+                )
+            elif router.traffic is not None:
                 router.traffic.update_clusters(clusters)
             self._clusters = list(clusters.values())
             for pool in kept.values():  # endpoints that left: drop their idle connections
@@ -373,6 +396,8 @@ class ProxyServer:
                 await asyncio.sleep(0.1)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if listener is self.inbound_listener and self.config.inbound is not None:
+                mode = self.config.inbound.mtls  # apply_config may have changed it
             if mode is MtlsMode.DISABLE:
                 await self._plain(loop, sock, listener)
                 continue

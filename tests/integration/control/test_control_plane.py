@@ -171,16 +171,17 @@ async def test_config_change_pushed_and_invalid_change_refused(
 
 
 async def test_unappliable_snapshot_is_nacked_and_old_one_kept(
-    sidecars: tuple[DynamicProxy, DynamicProxy], control: ControlServer, config_dir: Path
+    sidecars: tuple[DynamicProxy, DynamicProxy],
+    control: ControlServer,
+    config_dir: Path,
+    app: App,
 ) -> None:
     echo, front = sidecars
     await eventually(lambda: _has_echo_endpoint(front))
     applied = echo.applied
-    # A mode change needs new listeners: the running sidecar refuses it.
-    (config_dir / "peer.yaml").write_text(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
-        "metadata: {name: p, namespace: default}\nspec: {mtls: {mode: PERMISSIVE}}\n"
-    )
+    # A new app port needs a new upstream pool: the running sidecar refuses it.
+    mesh = config_dir / "mesh.yaml"
+    mesh.write_text(mesh.read_text().replace(f"port: {app.port}", f"port: {app.port + 1}"))
 
     def nacked() -> dict[str, str] | None:
         for p in control.status()["proxies"]:
@@ -189,11 +190,46 @@ async def test_unappliable_snapshot_is_nacked_and_old_one_kept(
         return None
 
     nack = await eventually(nacked)
-    assert "inbound.mtls" in nack["reason"]
+    assert "inbound.app" in nack["reason"]
     assert echo.applied == applied
     assert echo.seen == nack["version"]
-    assert await get_status(front) == 200  # still serving on the last good snapshot
+    assert await get_status(front) == 200  # echo still serves on the last good snapshot
     assert TD in echo.server.identity.spiffe_id
+
+
+async def test_mtls_mode_and_routing_changes_apply_live(
+    sidecars: tuple[DynamicProxy, DynamicProxy], control: ControlServer, config_dir: Path
+) -> None:
+    echo, front = sidecars
+    await eventually(lambda: _has_echo_endpoint(front))
+    inbound = echo.server.inbound_address
+    plain = f"http://{inbound[0]}:{inbound[1]}/hello"
+    with pytest.raises(httpx.HTTPError):  # STRICT: plaintext is refused
+        async with httpx.AsyncClient(timeout=5.0) as c:
+            await c.get(plain)
+
+    applied = echo.applied
+    (config_dir / "peer.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+        "metadata: {name: p, namespace: default}\nspec: {mtls: {mode: PERMISSIVE}}\n"
+    )
+    await eventually(lambda: echo.applied != applied)
+    async with httpx.AsyncClient(timeout=5.0) as c:
+        assert (await c.get(plain)).status_code == 200  # PERMISSIVE: plaintext accepted
+
+    before = front.applied
+    (config_dir / "vs.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: echo, namespace: default}\n"
+        "spec:\n  hosts: [echo]\n  http:\n"
+        "    - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n"
+        "      route: [{destination: {host: echo}}]\n"
+    )
+    await eventually(lambda: front.applied != before)
+    assert await get_status(front) == 418  # the pushed route is live in the caller
+    (config_dir / "vs.yaml").unlink()
+    await eventually(lambda: front.server.config.outbound.routing == ())
+    assert await get_status(front) == 200
 
 
 async def test_renewal_under_load_keeps_serving(
