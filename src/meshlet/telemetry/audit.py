@@ -21,6 +21,7 @@ simply continues in the new file.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import json
 import logging
@@ -31,13 +32,14 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from meshlet.clock import Clock
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+_MAX_WRITERS = 64
 # 64 MiB per file and 5 old files: a day of heavy denial traffic, bounded disk.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKUPS = 5
@@ -91,6 +93,25 @@ def rotated_files(path: str | Path) -> list[Path]:
     return [s for _, s in sorted(numbered, reverse=True)] + ([p] if p.exists() else [])
 
 
+def _claim(path: Path) -> tuple[Path, IO[str]]:
+    """An exclusive ``flock`` on ``<file>.lock`` so two writers never interleave
+    one chain. A second writer (another ``--workers`` process, or a second
+    sidecar pointed at the same path) takes ``<file>.w1``, ``.w2``...: its own
+    chain, verified on its own, never mistaken for a rotated file."""
+    for n in range(_MAX_WRITERS):
+        candidate = path if n == 0 else path.with_name(f"{path.name}.w{n}")
+        lock = open(f"{candidate}.lock", "a")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        if n:
+            log.warning("audit_log_shared", extra={"path": str(path), "using": str(candidate)})
+        return candidate, lock
+    raise OSError(f"{path}: {_MAX_WRITERS} writers already hold this audit log")
+
+
 def _last_line(path: Path) -> bytes | None:
     try:
         with path.open("rb") as f:
@@ -117,7 +138,9 @@ class AuditLog:
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         batch: int = DEFAULT_BATCH,
     ) -> None:
-        self.path = Path(path)
+        self.requested_path = Path(path)
+        self.requested_path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self._lock = _claim(self.requested_path)
         self._clock = clock
         self._max_bytes = max_bytes
         self._backups = backups
@@ -129,7 +152,6 @@ class AuditLog:
         self._wake = threading.Event()
         self._closed = False
         self._seq, self._prev = self._resume()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("ab")
         self._size = self._file.tell()
         self._thread = threading.Thread(target=self._run, name="meshlet-audit", daemon=True)
@@ -173,6 +195,7 @@ class AuditLog:
         self._closed = True
         self._wake.set()
         self._thread.join()
+        self._lock.close()  # releases the flock
         atexit.unregister(self.close)
 
     def _run(self) -> None:

@@ -125,3 +125,24 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
     result = verify(tmp_path / "nope.log")
     assert not result.ok
     assert "cannot read" in result.reason
+
+
+def test_second_writer_gets_its_own_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    first = AuditLog(path, clock=ManualClock())
+    second = AuditLog(path, clock=ManualClock())
+    try:
+        assert first.path == path
+        assert second.path == tmp_path / "audit.log.w1"
+        first.record({"request_id": "a"})
+        second.record({"request_id": "b"})
+    finally:
+        first.close()
+        second.close()
+    assert rotated_files(path) == [path]  # the .w1 chain is not a rotated file
+    assert (verify(path).lines, verify(second.path).lines) == (1, 1)
+    third = AuditLog(path, clock=ManualClock())  # the lock was released
+    try:
+        assert third.path == path
+    finally:
+        third.close()
