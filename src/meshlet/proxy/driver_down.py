@@ -59,6 +59,7 @@ class DownstreamConnection(asyncio.Protocol):
         "closed",
         "cork",
         "deadline",
+        "eof",
         "error",
         "feeding",
         "head_bytes",
@@ -113,6 +114,7 @@ class DownstreamConnection(asyncio.Protocol):
         # several: on loopback the syscalls, not the parsing, are the main cost.
         self.cork: list[bytes] | None = None
         self.feeding = False
+        self.eof = False  # the client half-closed: answer what was asked, then close
         self.to_flush: list[UpstreamConnection] = []
 
     # -- transport callbacks ------------------------------------------------
@@ -175,7 +177,8 @@ class DownstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # Keep the write side open while a response is owed (half-close); TLS has
         # no half-close in asyncio, so there the transport closes either way.
-        return self.active is not None and self.tunnel is None and not self.mtls
+        self.eof = self.active is not None and self.tunnel is None and not self.mtls
+        return self.eof
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -377,7 +380,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.active = None
         if self.closed:
             return
-        if not ex.keep_alive or self.listener.draining:
+        if not ex.keep_alive or self.listener.draining or (self.eof and not self.queue):
             self.close()
             return
         if self.error is not None and not self.queue:
@@ -401,6 +404,8 @@ class DownstreamConnection(asyncio.Protocol):
             return
         ups, ex.upstream = ex.upstream, None
         if ups is not None:
+            if ups.ex is ex:
+                ups.ex = None  # its connection_lost must not answer ex again (a retry)
             ups.close()
         if ex.ctl is not None and not ex.status and ex.ctl.on_failure(ex, r):
             return  # retried on another attempt

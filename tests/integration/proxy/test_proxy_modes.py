@@ -142,3 +142,14 @@ async def test_permissive_silent_client_is_dropped_after_header_timeout(pki: Pki
         writer.close()
     finally:
         await stop_pair(pair)
+
+
+async def test_client_half_close_gets_its_answer_then_close(pair: Pair) -> None:
+    reader, writer = await asyncio.open_connection(LOCAL, pair.outbound_port)
+    writer.write(b"GET /sse?n=2&gap=0.2 HTTP/1.1\r\nhost: inference\r\n\r\n")
+    writer.write_eof()
+    data = await asyncio.wait_for(reader.read(), T)  # EOF from the proxy ends this
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200")
+    assert data.endswith(b"0\r\n\r\n")
+    assert b"token-1" in data
