@@ -3,9 +3,10 @@
 Runs a ``ControlServer`` and N lightweight watch clients (real TLS 1.3 with a
 client SVID, the same long poll + ACK as ``meshlet proxy --control``, but no
 data plane) in one uvloop process on 127.0.0.1. Each round rewrites a routing
-file in the config directory, which changes every client's snapshot; the clock
-starts before the server validates the change and stops when the last ACK
-has been answered by the server. Goal (issue 6): under 1 s for 100 clients.
+file in the config directory, which changes every client's snapshot, and stops
+the clock when the last ACK has been answered. Two figures: from the moment the
+server has validated the change (the push itself), and from the file write
+(adding the directory poll). Goal (issue 6): under 1 s for 100 clients.
 
     .venv/bin/python benchmarks/bench_control.py [--clients 100] [--rounds 10]
 """
@@ -25,7 +26,7 @@ from urllib.parse import urlencode
 
 import uvloop
 
-from meshlet.control.server import ControlServer, control_spiffe_id
+from meshlet.control.server import DEFAULT_POLL_S, ControlServer, control_spiffe_id
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
 from meshlet.proxy.dynamic import ControlClient
@@ -98,10 +99,19 @@ async def main(clients: int, rounds: int) -> None:
             root / "svid"
         )
         cert = (root / "svid" / "cert.pem", root / "svid" / "key.pem")
-        # poll_s is long: the benchmark calls poll_config itself to time the push alone.
-        server = ControlServer(config_dir=config, ca=ca, poll_s=3600.0, resync_grace_s=0.0)
+        server = ControlServer(config_dir=config, ca=ca, resync_grace_s=0.0)
         await server.start(socket.create_server(("127.0.0.1", 0), backlog=1024))
         assert server.address is not None
+        detected: list[float] = []
+        poll = server.poll_config
+
+        async def timed_poll() -> bool:  # notes when the server saw the change
+            changed = await poll()
+            if changed:
+                detected.append(time.perf_counter())
+            return changed
+
+        server.poll_config = timed_poll  # type: ignore[method-assign]
         url = f"https://127.0.0.1:{server.address[1]}"
 
         t0 = time.perf_counter()
@@ -111,22 +121,24 @@ async def main(clients: int, rounds: int) -> None:
         connect_s = time.perf_counter() - t0
         print(f"clients: {clients}, all connected, first snapshot ACKed in {connect_s:.3f} s")
 
-        latencies = []
+        end_to_end, push = [], []
         for r in range(1, rounds + 1):
-            (config / "routes.yaml").write_text(routing(r))
+            detected.clear()
             start = time.perf_counter()
-            changed = await server.poll_config()
-            assert changed, server.store.refused
-            target = server.snapshot_for("frontend")
-            assert target is not None
+            (config / "routes.yaml").write_text(routing(r))
             # Each watcher queues the version once its ACK has been answered, so the
             # server has recorded every ACK when the last queue yields.
             got = await asyncio.wait_for(
                 asyncio.gather(*(w.versions.get() for w in watchers)), 60.0
             )
-            latencies.append(time.perf_counter() - start)
+            done = time.perf_counter()
+            target = server.snapshot_for("frontend")
+            assert target is not None
             assert set(got) == {target.version}, "a client ACKed a stale version"
             assert all(p.acked == target.version for p in server.registry.proxies())
+            end_to_end.append(done - start)
+            push.append(done - detected[0])
+            await asyncio.sleep(0.3)  # let the next write land in a later mtime tick
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -134,12 +146,16 @@ async def main(clients: int, rounds: int) -> None:
             w.client.reset()
         await server.close()
 
-    ms = sorted(x * 1000 for x in latencies)
-    print(
-        f"config change -> last ACK from {clients} clients over {rounds} rounds: "
-        f"median {statistics.median(ms):.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms "
-        f"(goal < 1000 ms; includes validating the config directory)"
-    )
+    for label, values in (
+        ("validated change -> last ACK", push),
+        (f"file written -> last ACK (poll every {DEFAULT_POLL_S} s)", end_to_end),
+    ):
+        ms = sorted(x * 1000 for x in values)
+        print(
+            f"{label}, {clients} clients, {rounds} rounds: median "
+            f"{statistics.median(ms):.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms "
+            "(goal < 1000 ms)"
+        )
 
 
 if __name__ == "__main__":
