@@ -88,12 +88,13 @@ class _Found:
 class JwtAuthenticator:
     """The JWT rules of every RequestAuthentication applying to one workload."""
 
-    __slots__ = ("_keys", "_texts", "_verified", "rules")
+    __slots__ = ("_keys", "_texts", "_verified", "jwks_uris", "rules")
 
     def __init__(self, rules: Sequence[JwtRule], jwks_by_uri: Mapping[str, str] | None = None):
         """``jwks_by_uri`` holds the fetched JWKS of ``jwksUri`` rules; a rule whose
         keys are not there yet rejects its tokens until ``with_jwks`` adds them."""
         self.rules = tuple(rules)
+        self.jwks_uris = tuple(sorted({r.jwks_uri for r in self.rules if r.jwks_uri}))
         fetched = dict(jwks_by_uri or {})
         self._texts = fetched
         # Signature checks cost tens of microseconds; clients resend the same token
@@ -108,10 +109,6 @@ class JwtAuthenticator:
         """A copy with the JWKS at ``uri`` (re)loaded, to swap in by reference.
         Raises ConfigError (keeping this one usable) when ``text`` has no keys."""
         return JwtAuthenticator(self.rules, {**self._texts, uri: text})
-
-    @property
-    def jwks_uris(self) -> tuple[str, ...]:
-        return tuple(sorted({r.jwks_uri for r in self.rules if r.jwks_uri}))
 
     def _find(self, headers: Mapping[str, tuple[str, ...]], query: str) -> list[_Found]:
         found: list[_Found] = []

@@ -126,10 +126,10 @@ class PolicyGate:
     def check(self, info: RequestInfo) -> GateVerdict | Awaitable[GateVerdict]:
         if self._strict and not info.mtls:
             return self._deny(info, None, "mTLS required (PeerAuthentication STRICT)", None)
-        missing = [u for u in self.authenticator.jwks_uris if u not in self._jwks_fetched]
-        if missing:
-            return self._check_after_jwks(info)
-        self._maybe_refresh_jwks()
+        if self.authenticator.jwks_uris:
+            if len(self._jwks_fetched) < len(self.authenticator.jwks_uris):
+                return self._check_after_jwks(info)  # first request: wait for the keys
+            self._maybe_refresh_jwks()
         return self._check_now(info)
 
     def check_connection(self, info: RequestInfo) -> GateVerdict:
