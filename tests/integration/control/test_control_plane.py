@@ -321,3 +321,23 @@ async def test_leaving_sidecar_is_withdrawn_from_its_peers(
     async with httpx.AsyncClient(proxy=f"http://{address[0]}:{address[1]}", timeout=5.0) as c:
         response = await c.get("http://echo/hello")
     assert response.status_code == 502  # no endpoint left: answered at once, not hung
+
+
+async def test_restarted_sidecar_reuses_its_certificate_not_the_token(
+    control: ControlServer, ca: CertificateAuthority, tmp_path: Path, app: App
+) -> None:
+    config = settings(control, ca, tmp_path, "echo", ECHO_ID)
+    first = DynamicProxy(config)
+    await first.start()
+    serial = first.server.identity.serial
+    await first.stop(0.5)
+    second = DynamicProxy(config)  # same state dir, same (already used) token
+    try:
+        await second.start()
+        assert second.server.identity.serial == serial
+        assert second.proxy_id != first.proxy_id
+        await eventually(
+            lambda: [p["proxy"] for p in control.status()["proxies"]] == [second.proxy_id]
+        )
+    finally:
+        await second.stop(0.5)
