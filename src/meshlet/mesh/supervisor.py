@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TAIL_LINES = 20  # output shown when a process fails to start
+OUTPUT_LINE_LIMIT = 64 * 1024  # longer lines are logged whole, but cut for callbacks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,15 +139,26 @@ class Supervised:
         log.info("process_started", extra={"process": spec.name, "pid": self.proc.pid})
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        """Copy output to the log byte for byte; hand complete lines to the callback.
+        Chunks, not readline: a line longer than any buffer must not stop the copy."""
         assert proc.stdout is not None
         assert self._log is not None
-        while line := await proc.stdout.readline():
-            self._log.write(line)
+        pending = b""
+        while chunk := await proc.stdout.read(65536):
+            self._log.write(chunk)
             self._log.flush()
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            self.tail.append(text)
-            if self.on_line is not None:
-                self.on_line(text)
+            *lines, pending = (pending + chunk).split(b"\n")
+            pending = pending[-OUTPUT_LINE_LIMIT:]  # only the callback's view is capped
+            for line in lines:
+                self._line(line)
+        if pending:
+            self._line(pending)
+
+    def _line(self, raw: bytes) -> None:
+        text = raw[:OUTPUT_LINE_LIMIT].decode("utf-8", "replace")
+        self.tail.append(text)
+        if self.on_line is not None:
+            self.on_line(text)
 
     async def wait_exit(self) -> int:
         """The exit status, once the process has exited and its output is drained."""

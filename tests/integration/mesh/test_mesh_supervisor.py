@@ -109,3 +109,14 @@ async def test_stop_leaves_no_orphans_even_when_sigterm_is_ignored(tmp_path: Pat
         await asyncio.sleep(0.02)
     assert _gone(child), "the grandchild survived"
     assert _gone(leader)
+
+
+async def test_a_huge_output_line_is_logged_not_fatal(tmp_path: Path) -> None:
+    script = "import sys; sys.stdout.write('x' * 3_000_000 + '\\nafter\\n'); sys.stdout.flush()"
+    p = Supervised(_spec(tmp_path, [sys.executable, "-c", script]), on_event=lambda _m: None)
+    await p.spawn()
+    assert await asyncio.wait_for(p.wait_exit(), 10) == 0
+    await p.stop(1.0)
+    text = (tmp_path / "p.log").read_text()
+    assert text.count("x") == 3_000_000
+    assert text.endswith("after\n")
