@@ -42,10 +42,11 @@ _UNKNOWN = "unknown"
 class _HttpSeries:
     """Counters and histogram buckets for one HTTP label set (non-cumulative)."""
 
-    __slots__ = ("count", "dur_buckets", "dur_sum", "req_buckets", "req_sum", "resp_buckets",
-                 "resp_sum")  # fmt: skip
+    __slots__ = ("count", "dur_buckets", "dur_sum", "labels", "req_buckets", "req_sum",
+                 "resp_buckets", "resp_sum")  # fmt: skip
 
     def __init__(self) -> None:
+        self.labels = ""  # the rendered label text, built at the first scrape
         self.count = 0
         self.dur_sum = 0.0
         self.dur_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
@@ -58,9 +59,10 @@ class _HttpSeries:
 class _TcpSeries:
     """Connection and byte counters for one TCP label set."""
 
-    __slots__ = ("closed", "opened", "received", "sent")
+    __slots__ = ("closed", "labels", "opened", "received", "sent")
 
     def __init__(self) -> None:
+        self.labels = ""  # the rendered label text, built at the first scrape
         self.opened = 0
         self.closed = 0
         self.sent = 0
@@ -239,8 +241,14 @@ class GoldenMetrics:
     def _lines(self) -> Iterator[str]:
         http = sorted(self._http.items(), key=lambda kv: _sort_key(kv[0]))
         tcp = sorted(self._tcp.items(), key=lambda kv: _sort_key(kv[0]))
-        http_labels = [(self._http_labels(k), s) for k, s in http]
-        tcp_labels = [(self._tcp_labels(k), s) for k, s in tcp]
+        for key, series in http:
+            if not series.labels:
+                series.labels = self._http_labels(key)
+        for tkey, tseries in tcp:
+            if not tseries.labels:
+                tseries.labels = self._tcp_labels(tkey)
+        http_labels = [(s.labels, s) for _, s in http]
+        tcp_labels = [(t.labels, t) for _, t in tcp]
 
         yield from _header("istio_requests_total", "counter", "Requests handled.")
         for labels, s in http_labels:
@@ -355,9 +363,10 @@ def _histogram(
 ) -> Iterator[str]:
     buckets: list[int] = getattr(s, f"{field}_buckets")
     running = 0
-    for bound, n in zip(bounds, buckets, strict=False):
+    prefix = f"{name}_bucket{{{labels},le="
+    for le, n in zip(_LE_TEXT[bounds], buckets, strict=False):
         running += n
-        yield f'{name}_bucket{{{labels},le="{_fmt_bound(bound)}"}} {running}\n'
+        yield f"{prefix}{le}}} {running}\n"
     yield f'{name}_bucket{{{labels},le="+Inf"}} {s.count}\n'
     total = getattr(s, f"{field}_sum")
     yield f"{name}_sum{{{labels}}} {_fmt_number(total)}\n"
@@ -366,6 +375,13 @@ def _histogram(
 
 def _fmt_bound(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+
+
+# The quoted ``le`` values of each bucket layout, formatted once.
+_LE_TEXT: dict[tuple[float, ...], tuple[str, ...]] = {
+    bounds: tuple(f'"{_fmt_bound(b)}"' for b in bounds)
+    for bounds in (DURATION_BUCKETS_MS, BYTES_BUCKETS)
+}
 
 
 def _fmt_number(value: float) -> str:
