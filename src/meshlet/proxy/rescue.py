@@ -117,9 +117,9 @@ def route_timeout(message: str) -> Rescue:
     return rescue(504, "route_timeout", "UT", message)
 
 
-def body_too_large(limit: int) -> Rescue:
-    # The body is still arriving: close so its rest is not read as a request.
-    return rescue(413, "body_too_large", "-", f"request body over {limit} bytes", close=True)
+def body_too_large(limit: int, *, close: bool = True) -> Rescue:
+    """``close``: the body is still arriving, so its rest must not be read as a request."""
+    return rescue(413, "body_too_large", "-", f"request body over {limit} bytes", close=close)
 
 
 def shed(message: str) -> Rescue:

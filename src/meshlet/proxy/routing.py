@@ -58,6 +58,9 @@ _FAILURES = {
 # 10x the base (config.route.v3.RetryPolicy.retry_back_off).
 _BACKOFF_BASE_S = 0.025
 _BACKOFF_MAX_S = 0.25
+# Request body read and dropped after a 413 before the connection is closed
+# instead (nginx's lingering close reads for a bounded time in the same spirit).
+DISCARD_BYTES = 1024 * 1024
 
 
 class RoutedHosts:
@@ -224,6 +227,7 @@ class Flight:
     __slots__ = (
         "attempt_started",
         "body_limit",
+        "body_refused",
         "body_seen",
         "buffer",
         "buffer_bytes",
@@ -266,6 +270,7 @@ class Flight:
         self.buffer_over = False
         self.body_seen = 0
         self.body_limit: int | None = None
+        self.body_refused = False  # past the limit: discarding the rest, 413 at its end
         self.total_deadline = 0.0  # 0: none
         self.holding = False  # holds a connection slot and a request slot
         self.in_retry = False
@@ -282,7 +287,7 @@ class Flight:
         self.body_seen += n
         limit = self.body_limit
         if limit is not None and self.body_seen > limit:
-            self._answer(rescues.body_too_large(limit))
+            self._refuse_body(limit)
             return False
         if not self.buffer_over:
             if self.buffer_bytes + n <= RETRY_BUFFER_BYTES:
@@ -300,6 +305,10 @@ class Flight:
         return True
 
     def on_request_end(self, ex: Exchange) -> None:
+        if self.body_refused:
+            limit = self.body_limit or 0
+            self._answer(rescues.body_too_large(limit, close=False))
+            return
         if self.scanner is not None:
             found = self.scanner.feed(b"", end=True)
             self.scanner = None
@@ -425,7 +434,10 @@ class Flight:
         limit = plan.max_request_body_bytes
         self.body_limit = limit
         if limit is not None and (self.body_seen > limit or _declared(ex) > limit):
-            self._answer(rescues.body_too_large(limit))
+            if ex.expect or ex.req_done:  # nothing more is coming: answer now
+                self._answer(rescues.body_too_large(limit, close=not ex.req_done))
+            else:
+                self._refuse_body(limit)
             return
         if plan.timeout_s is not None:
             self.total_deadline = ex.started + plan.timeout_s
@@ -639,6 +651,26 @@ class Flight:
             chunked=False,
             upgrade=None,
         )
+
+    def _refuse_body(self, limit: int) -> None:
+        """Past the body limit: stop the attempt, read and drop the rest of the body
+        and answer 413 when it ends, so the client reads the answer instead of a
+        reset (closing a socket with unread input sends RST, RFC 1122 4.2.2.13).
+        A body that goes on past ``DISCARD_BYTES`` more gets the 413 and a close."""
+        ex = self.ex
+        if self.body_refused:
+            if self.body_seen - limit > DISCARD_BYTES:
+                self._answer(rescues.body_too_large(limit))
+            return
+        self.body_refused = True
+        self.scanner = None
+        up, ex.upstream = ex.upstream, None
+        if up is not None:
+            up.ex = None  # detached: its close is not this request's failure
+            up.close()
+        ex.pending = None
+        if self.endpoint is not None:
+            self._record(self.traffic.listener.monotonic(), 413)
 
     def _answer(self, r: rescues.Rescue) -> None:
         ex = self.ex

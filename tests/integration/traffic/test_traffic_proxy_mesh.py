@@ -70,6 +70,7 @@ class Replica:
     server: asyncio.base_events.Server | None = None
     port: int = 0
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # ends hangs at stop
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
@@ -102,7 +103,8 @@ class Replica:
 
     async def _answer(self, writer: asyncio.StreamWriter) -> None:
         if self.hang:
-            await asyncio.sleep(3600)
+            await self.released.wait()
+            raise ConnectionError("stopped while hanging")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         status = self.status
@@ -116,7 +118,8 @@ class Replica:
             )
             for i in range(self.sse_tokens):
                 if self.sse_stall_after is not None and i >= self.sse_stall_after:
-                    await asyncio.sleep(3600)
+                    await self.released.wait()
+                    raise ConnectionError("stopped while stalled")
                 event = b"data: token%d\n\n" % i
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
@@ -226,6 +229,8 @@ async def stop_mesh(mesh: Mesh) -> None:
     for inbound in mesh.inbounds:
         await inbound.close()
     for rep in mesh.replicas.values():
+        rep.released.set()
+        await asyncio.sleep(0)
         for w in list(rep.writers):
             w.close()
         if rep.server is not None:

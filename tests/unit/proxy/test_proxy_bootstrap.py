@@ -129,9 +129,9 @@ def test_every_problem_is_reported_with_file_and_line() -> None:
         ),
         pytest.param(
             "identity: {cert: c, key: k, bundle: b}\noutbound:\n  listen: 127.0.0.1:1\n"
-            "  routing: [routes.yaml]\n",
-            "outbound.routing: not supported in this build",
-            id="routing-refused",
+            "  routing: routes.yaml\n",
+            "outbound.routing: must be a list of strings",
+            id="routing-not-a-list",
         ),
         pytest.param(
             "identity: {cert: c, key: k, bundle: b}\nlimits: {max_headers: 1.5}\n"

@@ -1,0 +1,155 @@
+"""Faults, body limits, timeouts, retry safety and inference load shedding
+through real sidecars."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
+from tests.integration.traffic.test_traffic_proxy_mesh import (
+    Replica,
+    mesh_of,
+    tpki_fixture,  # noqa: F401 - the "tpki" fixture
+)
+from tests.integration.traffic.test_traffic_proxy_resilience import dr, vs
+
+pytestmark = pytest.mark.integration
+
+HOST = {"host": "inference"}
+
+
+async def test_fault_abort_and_delay(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs(
+        "  - match: [{headers: {x-fault: {exact: abort}}}]\n"
+        "    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n"
+        "    route: [{destination: {host: inference}}]\n"
+        "  - match: [{headers: {x-fault: {exact: delay}}}]\n"
+        "    fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}\n"
+        "    route: [{destination: {host: inference}}]\n"
+        "  - route: [{destination: {host: inference}}]"
+    )
+    app = Replica("app", {})
+    async with mesh_of(tpki, tmp_path, [app], routing) as mesh, mesh.client() as client:
+        r = await asyncio.wait_for(client.get("/", headers={**HOST, "x-fault": "abort"}), 5)
+        assert r.status_code == 418
+        assert r.headers["x-meshlet-error"] == "fault_abort"
+        assert app.hits == 0
+        t0 = time.perf_counter()
+        r = await asyncio.wait_for(client.get("/", headers={**HOST, "x-fault": "delay"}), 5)
+        assert r.status_code == 200
+        assert time.perf_counter() - t0 >= 0.3
+        assert app.hits == 1
+
+
+async def test_body_limit_is_413_while_streaming(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs(
+        "  - route: [{destination: {host: inference}}]",
+        annotations='meshlet.io/max-request-body-bytes: "1000"',
+    )
+    app = Replica("app", {})
+    async with mesh_of(tpki, tmp_path, [app], routing) as mesh, mesh.client() as client:
+        r = await asyncio.wait_for(client.post("/", headers=HOST, content=b"a" * 1000), 5)
+        assert r.status_code == 200
+        r = await asyncio.wait_for(client.post("/", headers=HOST, content=b"a" * 1001), 5)
+        assert r.status_code == 413  # declared by Content-Length: refused before sending
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(5):
+                yield b"b" * 400
+
+        r = await asyncio.wait_for(client.post("/", headers=HOST, content=chunks()), 5)
+        assert r.status_code == 413  # chunked: counted while streaming
+        assert r.headers["x-meshlet-error"] == "body_too_large"
+        assert [len(body) for _, _, body in app.requests] == [1000]
+
+
+async def test_total_timeout_is_504(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs("  - route: [{destination: {host: inference}}]\n    timeout: 300ms")
+    slow = Replica("slow", {}, delay_s=3.0)
+    async with mesh_of(tpki, tmp_path, [slow], routing) as mesh, mesh.client() as client:
+        t0 = time.perf_counter()
+        r = await asyncio.wait_for(client.get("/", headers=HOST), 5)
+        assert r.status_code == 504
+        assert time.perf_counter() - t0 < 2.0
+
+
+async def test_per_try_timeout_retries_on_another_replica(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs(
+        "  - route: [{destination: {host: inference}}]\n"
+        "    retries: {attempts: 2, perTryTimeout: 300ms, retryOn: gateway-error}"
+    ) + dr("{loadBalancer: {simple: ROUND_ROBIN}}")
+    stuck, ok = Replica("stuck", {}, hang=True), Replica("ok", {})
+    async with mesh_of(tpki, tmp_path, [stuck, ok], routing) as mesh, mesh.client() as client:
+        for _ in range(4):
+            r = await asyncio.wait_for(client.get("/", headers=HOST), 5)
+            assert r.status_code == 200, (r.headers, r.text)
+            assert r.headers["x-served-by"] == "ok"
+        assert stuck.hits >= 1
+
+
+async def test_no_retry_once_body_streamed_past_replay_buffer(tpki: Pki, tmp_path: Path) -> None:
+    routing = vs(
+        "  - route: [{destination: {host: inference}}]\n    retries: {attempts: 2, retryOn: 5xx}"
+    )
+    flaky = Replica("flaky", {}, fail_next=1)
+    async with mesh_of(tpki, tmp_path, [flaky], routing) as mesh, mesh.client() as client:
+        r = await asyncio.wait_for(client.post("/", headers=HOST, content=b"s" * 1024), 5)
+        assert r.status_code == 200  # replayed from the buffer
+        assert [len(b) for _, _, b in flaky.requests] == [1024, 1024]
+        flaky.fail_next = 1
+        r = await asyncio.wait_for(client.post("/", headers=HOST, content=b"L" * 100_000), 5)
+        assert r.status_code == 503  # 100 KB > 64 KiB: not replayable
+        assert len(flaky.requests) == 3
+
+
+POOL = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: llm, namespace: ml}
+spec:
+  parentRefs: [{group: "", kind: Service, name: inference}]
+  rules:
+  - backendRefs: [{name: llm-pool, group: inference.networking.k8s.io, kind: InferencePool}]
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: llm-pool, annotations: {meshlet.io/max-concurrency-per-endpoint: "1"}}
+spec:
+  selector: {matchLabels: {app: vllm}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: epp, port: {number: 9002}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: batch}
+spec: {modelName: batch, criticality: Sheddable, poolRef: {name: llm-pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: chat}
+spec: {modelName: chat, criticality: Critical, poolRef: {name: llm-pool}}
+"""
+
+
+async def test_sheddable_gets_429_when_pool_is_full_critical_waits(
+    tpki: Pki, tmp_path: Path
+) -> None:
+    gpu = Replica("gpu", {"app": "vllm"}, delay_s=0.6)
+    async with mesh_of(tpki, tmp_path, [gpu], POOL) as mesh, mesh.client() as client:
+        first = asyncio.create_task(client.post("/v2/models/batch/infer", headers=HOST))
+        for _ in range(200):  # until the first request occupies the only slot
+            if gpu.hits:
+                break
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        shed = await asyncio.wait_for(client.post("/v2/models/batch/infer", headers=HOST), 5)
+        assert shed.status_code == 429
+        assert time.perf_counter() - t0 < 0.3  # at once, not after the slot frees
+        critical = await asyncio.wait_for(client.post("/v2/models/chat/infer", headers=HOST), 5)
+        assert critical.status_code == 200  # queued for the slot, then served
+        assert (await asyncio.wait_for(first, 5)).status_code == 200
+        assert gpu.hits == 2
