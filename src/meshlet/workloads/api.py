@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -59,7 +59,7 @@ class Reply:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamReply:
     status: int
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     content_type: str = "text/event-stream"
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -305,7 +305,7 @@ class InferenceApp:
 
     async def _stream(
         self, completion_id: str, tokens: list[str], usage: dict[str, int]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """SSE chunks as OpenAI sends them: role first, one delta per token, then the
         finish reason, then ``[DONE]``; each token after ``token_interval_ms``."""
 

@@ -13,6 +13,7 @@ the way it carries any user's model server.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections import deque
@@ -125,7 +126,7 @@ class HttpConnection(asyncio.Protocol):
     # -- answering ------------------------------------------------------------------
     def _fail(self, status: int, message: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            body = f'{{"error":"{message}"}}'.encode()
+            body = json.dumps({"error": message}).encode()
             self.transport.write(
                 self._head(status, "application/json", len(body), (), False) + body
             )
@@ -204,12 +205,16 @@ class HttpConnection(asyncio.Protocol):
             head = head.replace(b"transfer-encoding: chunked\r\n", b"")
         transport.write(head)
         if head_only:
+            await reply.chunks.aclose()
             return
-        async for chunk in reply.chunks:
-            if self.closed and transport.is_closing():
-                return
-            await self.writable.wait()
-            transport.write(chunk if http10 else b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        try:
+            async for chunk in reply.chunks:
+                if self.closed and transport.is_closing():
+                    return  # the client left: stop generating
+                await self.writable.wait()
+                transport.write(chunk if http10 else b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        finally:
+            await reply.chunks.aclose()  # runs the generator's cleanup even when cut short
         if not http10:
             transport.write(b"0\r\n\r\n")
 

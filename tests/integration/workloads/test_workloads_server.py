@@ -214,3 +214,21 @@ def test_bad_flag_exits_2_without_listening() -> None:
     assert proc.returncode == 2
     assert "--fail-rate" in proc.stderr
     assert "listening" not in proc.stdout
+
+
+def test_client_leaving_mid_stream_leaves_the_server_healthy(server: Workload) -> None:
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 500, "stream": True}
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+    # 500 tokens at 40 ms would take 20 s; the server must not be stuck on them.
+    with httpx.Client(base_url=server.url, timeout=5.0) as c:
+        assert all(c.get("/v2/health/live").status_code == 200 for _ in range(20))
