@@ -10,8 +10,13 @@ Order matters for correctness, not just looks:
    so no app request ever races an absent proxy; service apps must pass their
    readiness check (or at least accept connections) before client-only workloads
    start, so a frontend's first call finds its backend up;
-5. everything is supervised (restart with backoff) until ``stop``, which stops
-   apps first, then sidecars, each process group with SIGTERM then SIGKILL.
+5. everything is supervised (restart with backoff) and SVIDs are renewed at
+   half-life until ``stop``, which stops apps first, then sidecars, each process
+   group with SIGTERM then SIGKILL.
+
+In control-plane mode (``control_plane: true``) step 1 and the renewals are the
+control plane's job instead, and step 2 is replaced by starting it
+(``meshlet.mesh.controlplane``); apps then also wait for complete snapshots.
 """
 
 from __future__ import annotations
