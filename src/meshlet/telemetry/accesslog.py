@@ -147,7 +147,7 @@ class AccessLog:
     def record(
         self,
         *,
-        start_wall: float,
+        start_monotonic: float,
         reporter: str,
         method: str,
         path: str,
@@ -166,9 +166,13 @@ class AccessLog:
         destination_principal: str,
         mtls: bool,
     ) -> None:
-        """Remember one finished request; hot path: one tuple, one append."""
+        """Remember one finished request; hot path: one tuple, one append.
+
+        ``start_monotonic`` is the request's start on the clock's monotonic scale
+        (what the proxy already has); it becomes wall time at flush, so the hot
+        path never reads the wall clock."""
         self._buffer.append(
-            (start_wall, reporter, method, path, protocol, response_code, response_flags,
+            (start_monotonic, reporter, method, path, protocol, response_code, response_flags,
              request_bytes, response_bytes, duration_s, authority, request_id, user_agent,
              source_address, upstream_host, source_principal, destination_principal, mtls)
         )  # fmt: skip
@@ -189,7 +193,8 @@ class AccessLog:
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []
-        data = "".join(self._encode(r) for r in batch).encode()
+        offset = self._clock.wall() - self._clock.monotonic()
+        data = "".join(self._encode(r, offset) for r in batch).encode()
         try:
             self._write(data)
         except OSError as exc:
@@ -207,12 +212,12 @@ class AccessLog:
         if self._on_close is not None:
             self._on_close()
 
-    def _encode(self, r: _Record) -> str:
+    def _encode(self, r: _Record, wall_offset: float) -> str:
         """One JSON line, keys in ``FIELDS`` order. Hand-formatted: a dict through
         ``json`` costs several times more, and only strings need escaping."""
         path = r[3] if self._include_query else r[3].split("?", 1)[0]
         return (
-            f'{{"start_time":"{self._timestamp(r[0])}","reporter":{_q(r[1])},'
+            f'{{"start_time":"{self._timestamp(r[0] + wall_offset)}","reporter":{_q(r[1])},'
             f'"method":{_q(r[2])},"path":{_q(path)},"protocol":{_q(r[4])},'
             f'"response_code":{int(r[5])},"response_flags":{_q(r[6])},'
             f'"bytes_received":{int(r[7])},"bytes_sent":{int(r[8])},'
@@ -226,9 +231,9 @@ class AccessLog:
     def _timestamp(self, wall: float) -> str:
         """ISO 8601 with milliseconds; the date-and-seconds part is cached because a
         batch is mostly requests from the same second."""
-        second = int(wall)
+        # Round to the nearest millisecond first: 1700000000.999 is not exact in binary.
+        second, millis = divmod(int(wall * 1000.0 + 0.5), 1000)
         if second != self._cached_second:
             self._cached_second = second
             self._cached_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        millis = int((wall - second) * 1000)
         return f"{self._cached_prefix}.{millis:03d}+00:00"
