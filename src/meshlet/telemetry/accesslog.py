@@ -144,10 +144,14 @@ class AccessLog:
             on_close=None if path == "-" else stream.close,
         )
 
+    def wall(self) -> float:
+        """The wall clock the log's timestamps come from (the injected clock)."""
+        return self._clock.wall()
+
     def record(
         self,
         *,
-        start_monotonic: float,
+        start_wall: float,
         reporter: str,
         method: str,
         path: str,
@@ -167,12 +171,9 @@ class AccessLog:
         mtls: bool,
     ) -> None:
         """Remember one finished request; hot path: one tuple, one append.
-
-        ``start_monotonic`` is the request's start on the clock's monotonic scale
-        (what the proxy already has); it becomes wall time at flush, so the hot
-        path never reads the wall clock."""
+        ``start_wall`` is the request's start in POSIX seconds (see ``wall``)."""
         self._buffer.append(
-            (start_monotonic, reporter, method, path, protocol, response_code, response_flags,
+            (start_wall, reporter, method, path, protocol, response_code, response_flags,
              request_bytes, response_bytes, duration_s, authority, request_id, user_agent,
              source_address, upstream_host, source_principal, destination_principal, mtls)
         )  # fmt: skip
@@ -193,8 +194,7 @@ class AccessLog:
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []
-        offset = self._clock.wall() - self._clock.monotonic()
-        data = "".join(self._encode(r, offset) for r in batch).encode()
+        data = "".join(self._encode(r) for r in batch).encode()
         try:
             self._write(data)
         except OSError as exc:
@@ -212,12 +212,12 @@ class AccessLog:
         if self._on_close is not None:
             self._on_close()
 
-    def _encode(self, r: _Record, wall_offset: float) -> str:
+    def _encode(self, r: _Record) -> str:
         """One JSON line, keys in ``FIELDS`` order. Hand-formatted: a dict through
         ``json`` costs several times more, and only strings need escaping."""
         path = r[3] if self._include_query else r[3].split("?", 1)[0]
         return (
-            f'{{"start_time":"{self._timestamp(r[0] + wall_offset)}","reporter":{_q(r[1])},'
+            f'{{"start_time":"{self._timestamp(r[0])}","reporter":{_q(r[1])},'
             f'"method":{_q(r[2])},"path":{_q(path)},"protocol":{_q(r[4])},'
             f'"response_code":{int(r[5])},"response_flags":{_q(r[6])},'
             f'"bytes_received":{int(r[7])},"bytes_sent":{int(r[8])},'

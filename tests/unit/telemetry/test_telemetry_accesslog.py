@@ -15,7 +15,7 @@ from meshlet.telemetry.accesslog import FIELDS, AccessLog
 
 def _record(log: AccessLog, **overrides: Any) -> None:
     fields: dict[str, Any] = {
-        "start_monotonic": 1000.25,  # ManualClock: monotonic 1000 = wall 1_700_000_000
+        "start_wall": 1_700_000_000.25,
         "reporter": "destination",
         "method": "POST",
         "path": "/v1/completions?api_key=SECRET",
@@ -140,11 +140,16 @@ def test_any_string_round_trips_through_json(user_agent: str, path: str, authori
 def test_numbers_and_time_format() -> None:
     sink = Sink()
     log = AccessLog(sink, clock=ManualClock())
-    _record(log, start_monotonic=1000.999, duration_s=2.0, request_bytes=0)
-    _record(log, start_monotonic=1001.0)
+    _record(log, start_wall=1_700_000_000.999, duration_s=2.0, request_bytes=0)
+    _record(log, start_wall=1_700_000_001.0)
     log.flush()
     first, second = sink.lines()
     assert first["start_time"] == "2023-11-14T22:13:20.999+00:00"
     assert second["start_time"] == "2023-11-14T22:13:21.000+00:00"
     assert first["duration_ms"] == 2000.0
     assert first["bytes_received"] == 0
+
+
+def test_wall_reads_the_injected_clock() -> None:
+    clock = ManualClock(wall=1_700_000_123.5)
+    assert AccessLog(Sink(), clock=clock).wall() == 1_700_000_123.5
