@@ -172,6 +172,8 @@ class ProxyServer:
             limits=self.config.limits,
             timeouts=self.config.timeouts,
             ids=self._ids,
+            access_log=self.access_log,
+            wall=self.clock.wall,
         )
         self._listeners.append(listener)
         return listener
