@@ -65,21 +65,21 @@ def seal(
     """The chained line for ``record`` (with its newline) and the line's hash.
 
     The body is the compact JSON of ``{"time": wall, **record, "seq", "prev"}``,
-    built by string concatenation around one ``json`` call (no dict copies: this
-    runs once per audit event); ``verify`` recomputes it with ``json.dumps``.
+    built with one ``json`` call and string formatting (no dict copies: this runs once
+    per audit event); ``float.__repr__`` is what ``json`` writes for floats, so
+    the body is exactly what ``json.dumps`` would produce.
     """
-    if _RESERVED & record.keys():
+    if "seq" in record or "prev" in record or "hash" in record:
         record = {k: v for k, v in record.items() if k not in _RESERVED}
-    inner = _dumps(record)[1:-1]
-    head = (
-        "{"
-        if wall is None or "time" in record
-        else f'{{"time":{round(wall, 6)!r}' + ("," if inner else "")
-    )
-    tail = f'"seq":{seq},"prev":"{prev}"}}'
-    body = (head + inner + ("," if inner or head != "{" else "") + tail).encode()
-    digest = hashlib.sha256(body).hexdigest()
-    return body[:-1] + b',"hash":"' + digest.encode() + b'"}\n', digest
+    inner = _dumps(record)
+    fields = inner[1:-1] + "," if len(inner) > 2 else ""
+    if wall is not None and "time" not in record:
+        body = f'{{"time":{float(wall)!r},{fields}"seq":{seq},"prev":"{prev}"}}'
+    else:
+        body = f'{{{fields}"seq":{seq},"prev":"{prev}"}}'
+    data = body.encode()
+    digest = hashlib.sha256(data).hexdigest()
+    return data[:-1] + b',"hash":"' + digest.encode() + b'"}\n', digest
 
 
 def rotated_files(path: str | Path) -> list[Path]:
