@@ -192,3 +192,37 @@ def _requests_total(text: str) -> int:
         for line in text.splitlines()
         if line.startswith("istio_requests_total{")
     )
+
+
+async def test_access_log_lines_reach_the_file(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    files = issue(ca, tmp_path / "id", WORKLOAD_ID)
+    client = issue(ca, tmp_path / "client", CLIENT_ID)
+    log_path = tmp_path / "access.log"
+    async with echo_app() as app:
+        config = _config(files, app, access_log={"path": str(log_path)})
+        path = write_bootstrap(tmp_path / "proxy.yaml", config)
+        async with running_proxy(path) as proxy:
+            inbound = proxy.address("inbound")
+            ctx = client_context(client)
+            for i in range(3):
+                status, _, _ = await http_get(
+                    *inbound, f"/v1/item/{i}?api_key=SECRET", ssl_ctx=ctx,
+                    headers={"user-agent": "ops-test/1"},
+                )  # fmt: skip
+                assert status == 200
+            # Flushed within about a second by the housekeeping task, not per request.
+            await wait_until(lambda: log_path.exists() and log_path.read_text().count("\n") == 3)
+            assert await proxy.stop() == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [line["path"] for line in lines] == ["/v1/item/0", "/v1/item/1", "/v1/item/2"]
+    first = lines[0]
+    assert first["reporter"] == "destination"
+    assert first["method"] == "GET"
+    assert first["response_code"] == 200
+    assert first["source_principal"] == CLIENT_ID
+    assert first["destination_principal"] == WORKLOAD_ID
+    assert first["connection_security_policy"] == "mutual_tls"
+    assert first["user_agent"] == "ops-test/1"
+    assert first["request_id"]
+    assert "SECRET" not in log_path.read_text()
