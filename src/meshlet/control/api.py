@@ -142,6 +142,7 @@ def status(server: ControlServer) -> dict[str, Any]:
             "generation": server.store.generation,
             "files": [str(f) for f in current.files],
             "refused": list(server.store.refused),
+            "warnings": list(current.warnings),
         },
         "proxies": proxies,
     }

@@ -233,6 +233,8 @@ class ControlServer:
             )
         elif changed:
             logger.info("config_applied", extra={"config_digest": self.store.current.digest})
+            for warning in self.store.current.warnings:
+                logger.warning("config_warning", extra={"warning": warning})
             self.notify()
         return changed
 

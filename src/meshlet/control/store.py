@@ -9,8 +9,11 @@ names under ``policies`` and ``routing``. Hidden files and directories (such as
 
 A change is all or nothing: ``load_config_dir`` either returns a complete,
 checked ``MeshSource`` or raises ConfigError with every problem as
-``file:line: path: message``. ``ConfigStore`` keeps the last good source
-serving when a new one is refused, and remembers why it was refused.
+``file:line: path: message``; the checks are the loaders' plus the errors of
+``meshlet analyze`` (conflicting PeerAuthentications, undeclared CUSTOM
+providers), whose warnings ride along in ``MeshSource.warnings``.
+``ConfigStore`` keeps the last good source serving when a new one is refused,
+and remembers why it was refused.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from meshlet.config.istio_security import (
 from meshlet.config.mesh import MeshConfig, parse_mesh
 from meshlet.config.source import Document, load_file
 from meshlet.errors import ConfigError
+from meshlet.policy.analysis import Finding, analyze_security
+from meshlet.policy.scope import DEFAULT_ROOT_NAMESPACE, Workload
 from meshlet.traffic.loader import ROUTING_KINDS, RoutingConfig, build_routing
 
 __all__ = ["MESH_FILE", "ConfigStore", "MeshSource", "dir_signature", "load_config_dir"]
@@ -48,6 +53,7 @@ class MeshSource:
     routing_documents: tuple[Document, ...]
     files: tuple[Path, ...]
     digest: str
+    warnings: tuple[str, ...] = ()  # ``meshlet analyze`` warnings: logged, not fatal
 
 
 def _yaml_files(directory: Path) -> list[Path]:
@@ -137,6 +143,8 @@ def load_config_dir(directory: Path) -> MeshSource:
         routing = build_routing(routing_documents)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    findings = [] if problems else _analyze(mesh, security)
+    problems.extend(str(f) for f in findings if f.severity == "error")
     if problems:
         raise ConfigError(problems)
     return MeshSource(
@@ -147,7 +155,18 @@ def load_config_dir(directory: Path) -> MeshSource:
         routing_documents=tuple(routing_documents),
         files=(mesh_path, *files),
         digest=digest.hexdigest()[:12],
+        warnings=tuple(str(f) for f in findings if f.severity != "error"),
     )
+
+
+def _analyze(mesh: MeshConfig, security: SecurityConfig) -> list[Finding]:
+    """The same checks as ``meshlet analyze`` against mesh.yaml's workloads:
+    its errors refuse the change, its warnings are reported."""
+    workloads = [
+        Workload(namespace=w.namespace, labels=dict(w.labels), service_account=w.service_account)
+        for w in mesh.workloads
+    ]
+    return analyze_security(security, workloads, root_namespace=DEFAULT_ROOT_NAMESPACE)
 
 
 class ConfigStore:

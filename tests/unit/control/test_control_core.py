@@ -240,3 +240,24 @@ def test_snapshot_version_is_a_content_digest(config_dir: Path) -> None:
     assert d is not None
     assert d.version == a.version
     assert b"127.0.0.1:9001" in d.to_json()
+
+
+def test_analyze_errors_refuse_and_warnings_ride_along(config_dir: Path) -> None:
+    # A selector that matches no workload in mesh.yaml: loads, with a warning.
+    write(config_dir, "stray.yaml", AUTHZ.replace("only-frontend", "stray").replace(
+        "app: inference", "app: nothing"
+    ))  # fmt: skip
+    source = load_config_dir(config_dir)
+    assert any("stray" in w for w in source.warnings)
+    # Two namespace-wide PeerAuthentications in one namespace: an analyze error.
+    for name in ("one", "two"):
+        write(
+            config_dir,
+            f"peer-{name}.yaml",
+            PEER.replace("permissive-v2", name).replace(
+                "  selector: {matchLabels: {version: v2}}\n", ""
+            ),
+        )
+    with pytest.raises(ConfigError) as caught:
+        load_config_dir(config_dir)
+    assert any("error" in p and "PeerAuthentication" in p for p in caught.value.problems)
