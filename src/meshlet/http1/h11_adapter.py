@@ -39,6 +39,8 @@ from meshlet.http1.framing import (
 )
 from meshlet.http1.limits import Limits
 from meshlet.http1.strict import (
+    KNOWN_METHODS,
+    TCHAR,
     ChunkedReader,
     FieldCounter,
     LengthReader,
@@ -49,6 +51,7 @@ from meshlet.http1.strict import (
 )
 
 _CRLF = b"\r\n"
+_VISIBLE = bytes(range(0x21, 0x7F))
 # Enough for any head the strict front lets through; the limits are ours.
 _H11_MAX = 2**31
 
@@ -98,6 +101,7 @@ class _H11Base:
         self._lines: list[bytes] = []
         self._scanned = 0
         self._counter = FieldCounter(limits)
+        self._pending: tuple[bytes, bytes] | None = None
         self._paused = False
         self._switching = False
         self._held = b""
@@ -149,13 +153,15 @@ class _H11Base:
             self._lines = []
             self._scanned = 0
             self._counter = FieldCounter(self._limits)
+            self._pending = None
         while True:
             end = buf.find(_CRLF, self._scanned)
             if end < 0:
-                if buf.find(b"\n", self._scanned) >= 0:
-                    raise RemoteProtocolError(
-                        "bare LF in message head", status_hint=self._status_hint
-                    )
+                tail = bytes(buf[self._scanned :])
+                if self._start is not None:
+                    self._next_line_begins(tail, complete=False)
+                # A CR at the very end may be the first half of a CRLF.
+                self._check_bare(tail[:-1] if tail.endswith(b"\r") else tail)
                 if len(buf) > self._limits.max_head_bytes:
                     raise RemoteProtocolError("message head too large", status_hint=431)
                 if self._start is None:
@@ -163,20 +169,50 @@ class _H11Base:
                 return False
             line = bytes(buf[self._scanned : end])
             self._scanned = end + 2
-            if b"\n" in line or b"\r" in line:
-                raise RemoteProtocolError(
-                    "bare CR or LF in message head", status_hint=self._status_hint
-                )
             if self._start is None:
+                self._check_bare(line)
                 self._check_start(line)
                 self._start = line
-            elif not line:
+                continue
+            self._next_line_begins(line, complete=True)
+            self._check_bare(line)
+            if not line:
+                self._commit()
                 return True
-            else:
-                name, value = parse_field_line(line, self._status_hint)
-                self._counter.add(name, value)
-                self._fields.append((name, value))
-                self._lines.append(line)
+            name, value = parse_field_line(line, self._status_hint)
+            self._pending = (name, value)
+            self._fields.append((name, value))
+            self._lines.append(line)
+
+    def _next_line_begins(self, text: bytes, *, complete: bool) -> None:
+        """llhttp counts a field only once the next field's name shows up: refuse
+        obs-fold or a bad name there first, then apply the limits to the previous
+        field (so both adapters report the same first error)."""
+        if not text or text[0] in (0x0D, 0x0A):
+            return
+        if text[0] in (0x20, 0x09):
+            raise RemoteProtocolError("obs-fold in message head", status_hint=self._status_hint)
+        name, sep, _ = text.partition(b":")
+        if name.translate(None, TCHAR) or (complete and not sep):
+            raise RemoteProtocolError(
+                f"invalid header name {name[:40]!r}", status_hint=self._status_hint
+            )
+        self._commit()
+
+    def _commit(self) -> None:
+        if self._pending is not None:
+            self._counter.add(*self._pending)
+            self._pending = None
+
+    def _check_bare(self, text: bytes) -> None:
+        """Refuse a bare CR or LF (RFC 9112 §2.2), after whatever llhttp, reading
+        left to right, would have refused in the start line before it."""
+        bad = min((i for i in (text.find(b"\r"), text.find(b"\n")) if i >= 0), default=-1)
+        if bad < 0:
+            return
+        if self._start is None:
+            self._check_partial_start(text[:bad])
+        raise RemoteProtocolError("bare CR or LF in message head", status_hint=self._status_hint)
 
     def _check_partial_start(self, text: bytes) -> None:
         return None
@@ -245,13 +281,21 @@ class H11RequestParser(_H11Base):
         return [ConnectionClosed()]
 
     def _check_partial_start(self, text: bytes) -> None:
-        # Mirror llhttp, which checks the target's length as it streams in.
-        _, sep, rest = text.partition(b" ")
-        target = rest.lstrip(b" ")
-        if sep and b" " not in target and len(target) > self._limits.max_target_bytes:
+        # Mirror llhttp, which checks the method first and the target's length
+        # as the target streams in.
+        method, sep, rest = text.partition(b" ")
+        if not sep:
+            return
+        if method not in KNOWN_METHODS:
+            raise RemoteProtocolError(f"invalid method {method!r}", status_hint=400)
+        target = rest.lstrip(b" ").partition(b" ")[0]
+        if target.translate(None, _VISIBLE):
+            raise RemoteProtocolError(f"invalid request-target {target[:40]!r}", status_hint=400)
+        if len(target) > self._limits.max_target_bytes:
             raise RemoteProtocolError("request-target too long", status_hint=414)
 
     def _check_start(self, line: bytes) -> None:
+        self._check_partial_start(line)
         method, target, version = parse_request_line(line)
         if len(target) > self._limits.max_target_bytes:
             raise RemoteProtocolError("request-target too long", status_hint=414)
