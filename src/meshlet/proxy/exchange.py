@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from meshlet.proxy.driver_up import UpstreamConnection
     from meshlet.proxy.pool import EndpointPool
     from meshlet.proxy.routing import Flight
+    from meshlet.telemetry.accesslog import AccessLog
     from meshlet.telemetry.metrics import GoldenMetrics
 
 __all__ = ["Exchange", "Listener", "RequestIds", "Router"]
@@ -65,6 +66,7 @@ class Listener:
     reads the time for deadlines."""
 
     __slots__ = (
+        "access_log",
         "conns",
         "draining",
         "ids",
@@ -78,6 +80,7 @@ class Listener:
         "side",
         "timeouts",
         "upstreams",
+        "wall",
     )
 
     def __init__(
@@ -90,6 +93,8 @@ class Listener:
         limits: Limits,
         timeouts: Timeouts,
         ids: RequestIds,
+        access_log: AccessLog | None = None,
+        wall: Callable[[], float] | None = None,
     ) -> None:
         self.side = side
         self.router = router
@@ -98,6 +103,8 @@ class Listener:
         self.limits = limits
         self.timeouts = timeouts
         self.ids = ids
+        self.access_log = access_log  # None: no access log, one check per request
+        self.wall = wall or (lambda: 0.0)
         self.now = monotonic()
         self.draining = False
         self.on_empty: Callable[[], None] | None = None  # set while draining

@@ -134,6 +134,7 @@ class InboundRouter:
 
     def finish(self, ex: Exchange) -> None:
         listener = ex.conn.listener
+        duration_s = listener.monotonic() - ex.started
         listener.metrics.request(
             reporter="destination",
             source_principal=ex.src_principal,
@@ -142,10 +143,20 @@ class InboundRouter:
             request_protocol="http",
             response_code=ex.status,
             mtls=ex.conn.mtls,
-            duration_s=listener.monotonic() - ex.started,
+            duration_s=duration_s,
             request_bytes=ex.req_bytes,
             response_bytes=ex.resp_bytes,
             response_flags=ex.flag,
         )
         if self.gate is not None and ex.info is not None and ex.verdict is not None:
             self.gate.finish(ex.info, ex.verdict, ex.status)
+        if listener.access_log is not None:
+            from meshlet.proxy.access import log_access
+
+            log_access(
+                listener,
+                ex,
+                reporter="destination",
+                duration_s=duration_s,
+                upstream_host=str(self.app.address),
+            )

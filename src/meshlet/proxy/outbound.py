@@ -158,3 +158,10 @@ class OutboundRouter:
             response_bytes=ex.resp_bytes,
             response_flags=ex.flag,
         )
+        if listener.access_log is not None:
+            from meshlet.proxy.access import log_access
+
+            upstream = str(endpoint.address) if endpoint is not None else "-"
+            log_access(
+                listener, ex, reporter="source", duration_s=now - ex.started, upstream_host=upstream
+            )

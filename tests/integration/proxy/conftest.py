@@ -120,6 +120,7 @@ async def start_pair(
     server_identity: str = SERVER_ID,
     gate: InboundGate | None = None,
     extra_services: tuple[ServiceConfig, ...] = (),
+    access_log: Any = None,
 ) -> Pair:
     app_server, stats, app_port = await start_app()
     in_sock, out_sock = bound(), bound()
@@ -158,8 +159,10 @@ async def start_pair(
     )
     in_metrics, out_metrics = GoldenMetrics(), GoldenMetrics()
     clock = MonotonicClock()
-    inbound = ProxyServer(in_cfg, metrics=in_metrics, clock=clock, inbound_gate=gate)
-    outbound = ProxyServer(out_cfg, metrics=out_metrics, clock=clock)
+    inbound = ProxyServer(
+        in_cfg, metrics=in_metrics, clock=clock, inbound_gate=gate, access_log=access_log
+    )
+    outbound = ProxyServer(out_cfg, metrics=out_metrics, clock=clock, access_log=access_log)
     await inbound.start({"inbound": in_sock})
     await outbound.start({"outbound": out_sock})
     pair = Pair(

@@ -7,7 +7,10 @@ import json
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import CLIENT_ID, SERVER_ID, Pair
+from tests.integration.proxy.conftest import CLIENT_ID, SERVER_ID, Pair, Pki, start_pair, stop_pair
+
+from meshlet.clock import MonotonicClock
+from meshlet.telemetry.accesslog import AccessLog
 
 pytestmark = pytest.mark.integration
 T = 10.0
@@ -127,3 +130,23 @@ async def test_workload_defaults_come_from_the_spiffe_id(pair: Pair) -> None:
     dump = pair.inbound.config_dump()
     assert dump["identity"]["spiffe_id"] == SERVER_ID
     assert "BEGIN" not in str(dump)  # paths only, never key or certificate bytes
+
+
+async def test_access_log_records_both_sides(pki: Pki) -> None:
+    lines: list[bytes] = []
+    log = AccessLog(lines.append, clock=MonotonicClock(), max_entries=1)
+    pair = await start_pair(pki, access_log=log)
+    try:
+        async with httpx.AsyncClient(proxy=pair.proxy_url, timeout=T) as client:
+            await client.get("http://inference/hello?x=1", headers={"user-agent": "t/1"})
+        log.flush()
+        records = {r["reporter"]: r for chunk in lines for r in map(json.loads, chunk.splitlines())}
+        assert set(records) == {"source", "destination"}
+        for r in records.values():
+            assert r["response_code"] == 200
+            assert "/hello" in r["path"]
+            assert r["user_agent"] == "t/1"
+            assert r["source_principal"] == CLIENT_ID
+            assert r["destination_principal"] == SERVER_ID
+    finally:
+        await stop_pair(pair)
