@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import ssl
 from pathlib import Path
@@ -226,3 +227,19 @@ async def test_access_log_lines_reach_the_file(tmp_path: Path) -> None:
     assert first["user_agent"] == "ops-test/1"
     assert first["request_id"]
     assert "SECRET" not in log_path.read_text()
+
+
+async def test_a_dead_worker_stops_the_sidecar(tmp_path: Path) -> None:
+    """A worker killed from outside takes the whole sidecar down (non-zero exit) so
+    its supervisor restarts it, instead of serving on with half the capacity."""
+    ca = make_ca(tmp_path)
+    files = issue(ca, tmp_path / "id", WORKLOAD_ID)
+    async with echo_app() as app:
+        path = write_bootstrap(tmp_path / "proxy.yaml", _config(files, app))
+        async with running_proxy(path, workers=2) as proxy:
+            pids = {int(r["worker"]): int(r["pid"]) for r in proxy.ready}
+            os.kill(pids[1], signal.SIGKILL)
+            code = await asyncio.wait_for(proxy.process.wait(), STEP_TIMEOUT_S)
+            assert code == 128 + signal.SIGKILL
+            with pytest.raises(ProcessLookupError):
+                os.kill(pids[0], 0)  # the surviving worker was stopped too
