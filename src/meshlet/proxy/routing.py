@@ -174,6 +174,21 @@ class OutboundTraffic:
         self.clusters = dict(clusters)
         self.runtimes = {}
 
+    def shortest_timeout_s(self) -> float:
+        """The shortest route deadline (total, per try, stream idle), so the
+        server's deadline sweep runs often enough to honour it."""
+        shortest = float("inf")
+        for hr in self.router.config.hosts.values():
+            for route in hr.routes:
+                for t in (
+                    route.timeout_s,
+                    route.retries.per_try_timeout_s,
+                    route.stream_idle_timeout_s,
+                ):
+                    if t is not None and t > 0:
+                        shortest = min(shortest, t)
+        return shortest
+
     def close(self) -> None:
         self.mirrors.close()
         for rt in self.runtimes.values():
@@ -395,6 +410,9 @@ class Flight:
         if rt is None:
             return
         limits = rt.state.limits
+        if self in rt.waiting:  # the client left while waiting for a slot
+            rt.waiting.remove(self)
+            limits.dequeued()
         if self.in_retry:
             self.in_retry = False
             limits.retry_done()

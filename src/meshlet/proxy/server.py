@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from meshlet.clock import Clock
@@ -207,7 +208,17 @@ class ProxyServer:
 
             routing = TrafficRouter(load_routing(self.config.outbound.routing))
             router.traffic = OutboundTraffic(routing, router.clusters, listener=listener)
+        self.metrics.set_outstanding_source(self._outstanding)
         return listener
+
+    def _outstanding(self) -> Iterator[tuple[str, str, int]]:
+        """(cluster, endpoint, in-flight) for ``meshlet_endpoint_outstanding_requests``."""
+        for cluster in self._clusters:
+            for address, n in cluster.picker.outstanding().items():
+                yield cluster.name, address, n
+        router = self.outbound_listener.router if self.outbound_listener else None
+        if isinstance(router, OutboundRouter) and router.traffic is not None:
+            yield from router.traffic.outstanding()
 
     def _inbound_listener(self) -> Listener:
         assert self.config.inbound is not None, "BUG: no inbound config"
@@ -457,7 +468,11 @@ class ProxyServer:
 
     def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         t = self.config.timeouts
-        interval = min(t.header_read_s, t.idle_s, t.upstream_response_s, t.connect_s) / 4
+        shortest = min(t.header_read_s, t.idle_s, t.upstream_response_s, t.connect_s)
+        router = self.outbound_listener.router if self.outbound_listener else None
+        if isinstance(router, OutboundRouter) and router.traffic is not None:
+            shortest = min(shortest, router.traffic.shortest_timeout_s())  # route timeouts
+        interval = shortest / 4
         interval = min(max(interval, 0.02), 1.0)
         self._sweeper = loop.call_later(interval, self._sweep, loop, interval)
 

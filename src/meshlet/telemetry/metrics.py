@@ -20,7 +20,7 @@ Not thread-safe by design: one instance per event loop (per worker process).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 # Istio's default bucket bounds for istio_request_duration_milliseconds
 # (proxy/extensions/stats: 0.5 ms up to one hour).
@@ -88,8 +88,8 @@ class GoldenMetrics:
     ``source_workload`` on outbound (``reporter="source"``) ones.
     """
 
-    __slots__ = ("_handshake_failures", "_http", "_max_series", "_namespace", "_overflowed",
-                 "_tcp", "_upstream_errors", "_workload")  # fmt: skip
+    __slots__ = ("_handshake_failures", "_http", "_max_series", "_namespace", "_outstanding",
+                 "_overflowed", "_tcp", "_upstream_errors", "_workload")  # fmt: skip
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class GoldenMetrics:
         self._handshake_failures: dict[str, int] = {}
         self._upstream_errors: dict[str, int] = {}
         self._overflowed = 0
+        self._outstanding: Callable[[], Iterable[tuple[str, str, int]]] | None = None
 
     # -- hot path -----------------------------------------------------------
 
@@ -194,6 +195,14 @@ class GoldenMetrics:
         """Count an upstream failure by kind (``connect``, ``timeout``, ``reset``, ...)."""
         self._upstream_errors[kind] = self._upstream_errors.get(kind, 0) + 1
 
+    def set_outstanding_source(
+        self, source: Callable[[], Iterable[tuple[str, str, int]]] | None
+    ) -> None:
+        """Read ``meshlet_endpoint_outstanding_requests`` from ``source`` at scrape
+        time: (cluster, endpoint address, in-flight requests) triples. The balancer
+        keeps these counts anyway, so the request path pays nothing for them."""
+        self._outstanding = source
+
     # -- queries (tests, admin, status) -------------------------------------
 
     def request_count(
@@ -271,6 +280,12 @@ class GoldenMetrics:
                            "Upstream failures, by kind.")  # fmt: skip
         for kind, n in sorted(self._upstream_errors.items()):
             yield f'meshlet_upstream_errors_total{{kind="{_escape(kind)}"}} {n}\n'
+        if self._outstanding is not None:
+            yield from _header("meshlet_endpoint_outstanding_requests", "gauge",
+                               "Requests in flight to each upstream endpoint.")  # fmt: skip
+            for cluster, endpoint, n in sorted(self._outstanding()):
+                yield (f'meshlet_endpoint_outstanding_requests{{cluster="{_escape(cluster)}",'
+                       f'endpoint="{_escape(endpoint)}"}} {n}\n')  # fmt: skip
         yield from _header("meshlet_metrics_overflow_total", "counter",
                            "Samples folded into the overflow series.")  # fmt: skip
         yield f"meshlet_metrics_overflow_total {self._overflowed}\n"

@@ -4,6 +4,7 @@ through real sidecars."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -145,6 +146,12 @@ async def test_sheddable_gets_429_when_pool_is_full_critical_waits(
             if gpu.hits:
                 break
             await asyncio.sleep(0.01)
+        gauge = re.search(
+            r'meshlet_endpoint_outstanding_requests\{cluster="llm-pool",endpoint="[^"]+"\} (\d+)',
+            mesh.metrics.render().decode(),
+        )
+        assert gauge is not None
+        assert gauge.group(1) == "1"
         t0 = time.perf_counter()
         shed = await asyncio.wait_for(client.post("/v2/models/batch/infer", headers=HOST), 5)
         assert shed.status_code == 429
