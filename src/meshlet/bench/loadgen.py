@@ -83,6 +83,9 @@ class LoadResult:
     token_gap: Histogram = field(default_factory=Histogram)
     # open loop: how late after its intended time each request left the generator
     send_lag: Histogram = field(default_factory=Histogram)
+    # from the moment the request was actually written: the uncorrected figure,
+    # which leaves out the generator's own stalls (and hides the system's queueing)
+    service: Histogram = field(default_factory=Histogram)
     cpu_s: float = 0.0
 
     def error(self, message: str) -> None:
@@ -104,6 +107,7 @@ class LoadResult:
             "ttft": self.ttft.to_dict(),
             "token_gap": self.token_gap.to_dict(),
             "send_lag": self.send_lag.to_dict(),
+            "service": self.service.to_dict(),
         }
 
 
@@ -123,6 +127,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.intended = 0.0
+        self.sent_at = 0.0
         self.busy = False
         self.last_event = 0.0
         self.tail = b""
@@ -147,6 +152,7 @@ class _Conn(asyncio.Protocol):
     def send(self, intended: float) -> None:
         assert self.transport is not None
         self.intended = intended
+        self.sent_at = perf_counter()
         self.busy = True
         self.last_event = 0.0
         self.tail = b""
@@ -282,6 +288,7 @@ class _Generator:
         if ok:
             self.result.ok += 1
             self.result.latency.record(int((now - conn.intended) * NS))
+            self.result.service.record(int((now - conn.sent_at) * NS))
         else:
             self.result.error(why)
         if conn.transport is not None and not conn.transport.is_closing():

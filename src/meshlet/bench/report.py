@@ -144,6 +144,9 @@ def build_report(results: Mapping[str, Any], *, command: str = "meshlet bench") 
         f"Machine: {machine.get('cpu_count')} CPUs, {machine.get('platform', '?')}; "
         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
         "",
+        f"Load average (1/5/15 min) before: {_loadavg(machine.get('loadavg_before'))}, after: "
+        f"{_loadavg(machine.get('loadavg_after'))}: other work on the machine skews every figure.",
+        "",
         f"Workload `{opts.get('workload')}`, {opts.get('rate_per_s')} req/s open loop for "
         f"{opts.get('duration_s')} s over {opts.get('connections')} keep-alive connections, "
         f"{reps} repetition(s). Cells: median (min-max) across repetitions. Sidecar figures "
@@ -162,6 +165,12 @@ def build_report(results: Mapping[str, Any], *, command: str = "meshlet bench") 
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _loadavg(values: object) -> str:
+    if not isinstance(values, list | tuple):
+        return "?"
+    return "/".join(f"{v:.2f}" for v in values)
+
+
 def _latency_tables(results: Mapping[str, Any]) -> list[str]:
     pct = [
         ("p50", "latency_ms.p50"),
@@ -177,6 +186,17 @@ def _latency_tables(results: Mapping[str, Any]) -> list[str]:
         "'added' = topology median - direct median.",
         pct,
         compare="latency_ms.p99",
+        added_vs_direct=True,
+        digits=3,
+    )
+    out += _table(
+        results,
+        "Service time (ms), not corrected",
+        "the same requests timed from when each was actually written, not from its intended "
+        "time: leaves out queueing in the generator (its stalls, and waits for a free "
+        "connection). Lower than the figures above whenever anything stalled; use it only to "
+        "tell the generator's stalls from the system's.",
+        [("p50", "service_ms.p50"), ("p99", "service_ms.p99"), ("p99.9", "service_ms.p99_9")],
         added_vs_direct=True,
         digits=3,
     )

@@ -195,6 +195,7 @@ async def _measure_running(
     fig["rss_peak_mib"] = peak_rss_mib(pids) if pids else None
     fig["latency_ms"] = _summary(load["latency"])
     fig["send_lag_ms"] = _summary(load["send_lag"])
+    fig["service_ms"] = _summary(load["service"])
     fig.update(
         sent=load["sent"],
         ok=load["ok"],
@@ -286,7 +287,13 @@ async def _max_rate(base: LoadSpec, workers: int, opts: BenchOptions) -> dict[st
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "versions": versions()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": versions(),
+        # Other work on the machine skews every figure; the load average says how much.
+        "loadavg_before": list(os.getloadavg()),
+    }
 
 
 async def run_bench(opts: BenchOptions, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -320,6 +327,7 @@ async def run_bench(opts: BenchOptions, progress: Callable[[str], None]) -> dict
         from meshlet.bench.library import all_figures
 
         results["library"] = await asyncio.to_thread(all_figures, quick=opts.quick)
+    results["machine"]["loadavg_after"] = list(os.getloadavg())
     progress("done")
     return results
 
