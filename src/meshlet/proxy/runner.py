@@ -87,10 +87,11 @@ async def serve(
     )
     access_log = _open_access_log(config, clock)
     server = ProxyServer(config, metrics=metrics, clock=clock, **_server_extras(access_log))
+    # Handlers first: a SIGTERM during start-up must drain, not kill the process.
+    _install_signals(stop)
     listen_socks = {k: v for k, v in (sockets or {}).items() if k != "admin"}
     await server.start(listen_socks or None)
     admin = await _start_admin(config, server, metrics, clock, worker, sockets)
-    _install_signals(stop)
     _announce(worker, server, admin)
 
     files = config.identity
