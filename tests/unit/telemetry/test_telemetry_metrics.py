@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.telemetry.metrics import DURATION_BUCKETS_MS, GoldenMetrics
@@ -170,3 +172,39 @@ def test_empty_render_is_valid() -> None:
     names = {f.name for f in text_string_to_metric_families(GoldenMetrics().render().decode())}
     assert "istio_requests" in names
     assert "meshlet_tls_handshake_failures" in names
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["source", "destination"]),
+            st.sampled_from([200, 404, 503]),
+            st.floats(min_value=0, max_value=5000, allow_nan=False),
+            st.integers(min_value=0, max_value=10**10),
+        ),
+        max_size=40,
+    )
+)
+def test_rendered_text_agrees_with_a_naive_count(
+    events: list[tuple[str, int, float, int]],
+) -> None:
+    m = GoldenMetrics()
+    for reporter, code, seconds, size in events:
+        _req(m, reporter=reporter, response_code=code, duration_s=seconds, response_bytes=size)
+    samples = _samples(m)
+    totals: dict[tuple[str, str], float] = {}
+    for labels, value in samples.get("istio_requests_total", []):
+        totals[(labels["reporter"], labels["response_code"])] = value
+    expected: dict[tuple[str, str], float] = {}
+    for reporter, code, _, _ in events:
+        expected[(reporter, str(code))] = expected.get((reporter, str(code)), 0) + 1
+    assert totals == expected
+    # Every histogram is cumulative and ends at its count.
+    for family in ("istio_request_duration_milliseconds", "istio_response_bytes"):
+        series: dict[tuple[str, str], list[float]] = {}
+        for labels, value in samples.get(f"{family}_bucket", []):
+            series.setdefault((labels["reporter"], labels["response_code"]), []).append(value)
+        for key, values in series.items():
+            assert values == sorted(values)
+            assert values[-1] == expected[key]
