@@ -41,6 +41,9 @@ class ReplicaPlan:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     readiness_path: str | None
+    # protocol: tcp services have no Host header to route on, so each gets its own
+    # local port on this replica's sidecar (the app finds it in MESHLET_TCP_<NAME>)
+    tcp_ports: tuple[tuple[str, int], ...] = ()
 
     @property
     def service(self) -> str | None:
@@ -73,6 +76,12 @@ class Features:
     routing: bool
 
 
+def tcp_env_name(service: str) -> str:
+    """``grpc-echo`` -> ``MESHLET_TCP_GRPC_ECHO``: where an app finds the local port
+    of a ``protocol: tcp`` service."""
+    return "MESHLET_TCP_" + service.upper().replace("-", "_")
+
+
 def _fill(text: str, values: Mapping[str, str]) -> str:
     # str.format would choke on JSON braces in a command; replace known names only.
     for key, value in values.items():
@@ -91,6 +100,7 @@ def plan_mesh(config: MeshConfig, *, next_port: Callable[[], int], python: str) 
             app_port = (workload.port or next_port()) if is_service else None
             inbound_port = next_port() if is_service else None
             outbound_port = next_port()
+            tcp_ports = tuple((s.name, next_port()) for s in config.services if s.protocol == "tcp")
             values = {
                 "python": python,
                 "port": str(app_port or ""),
@@ -115,6 +125,7 @@ def plan_mesh(config: MeshConfig, *, next_port: Callable[[], int], python: str) 
                 "MESHLET_SPIFFE_ID": spiffe_id,
                 "PYTHONUNBUFFERED": "1",  # app logs reach the log file as they happen
                 **({"PORT": str(app_port)} if app_port else {}),
+                **{tcp_env_name(svc): f"{HOST}:{port}" for svc, port in tcp_ports},
                 **{k: _fill(v, values) for k, v in workload.env},
             }
             replicas.append(
@@ -130,6 +141,7 @@ def plan_mesh(config: MeshConfig, *, next_port: Callable[[], int], python: str) 
                     argv=tuple(_fill(arg, values) for arg in workload.command),
                     env=tuple(env.items()),
                     readiness_path=workload.readiness_path,
+                    tcp_ports=tcp_ports,
                 )
             )
     return MeshPlan(config=config, replicas=tuple(replicas))
@@ -151,6 +163,8 @@ def bootstrap_for(plan: MeshPlan, replica: ReplicaPlan, features: Features) -> d
                 for r in plan.of_service(service.name)
             ],
         }
+    for name, port in replica.tcp_ports:
+        services[name]["listen"] = f"{HOST}:{port}"
     workload = replica.workload
     boot: dict[str, Any] = {
         "identity": {"cert": "cert.pem", "key": "key.pem", "bundle": "bundle.pem"},

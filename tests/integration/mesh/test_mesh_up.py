@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -302,3 +303,52 @@ def test_ctrl_c_while_starting_stops_everything(tmp_path: Path) -> None:
     assert [p for p in pids if not _gone(p)] == []
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in out  # nothing started from this mesh is left
+
+
+ECHO_SERVER = (
+    "import socketserver, sys\n"
+    "class H(socketserver.StreamRequestHandler):\n"
+    "    def handle(self):\n"
+    "        for line in self.rfile:\n"
+    "            self.wfile.write(b'echo:' + line)\n"
+    "socketserver.ThreadingTCPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+)
+ECHO_CLIENT = (
+    "import os, socket, time\n"
+    "host, port = os.environ['MESHLET_TCP_ECHO'].split(':')\n"
+    "with socket.create_connection((host, int(port)), timeout=10) as s:\n"
+    "    s.sendall(b'hello mesh\\n')\n"
+    "    print(s.makefile().readline().strip(), flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def test_tcp_service_through_the_mesh(tmp_path: Path) -> None:
+    (tmp_path / "server.py").write_text(ECHO_SERVER)
+    (tmp_path / "client.py").write_text(ECHO_CLIENT)
+    mesh = Mesh(
+        tmp_path,
+        (
+            "services:\n  echo:\n    protocol: tcp\n    workloads:\n"
+            "      - command: ['{python}', '{mesh_dir}/server.py', '{port}']\n"
+            "clients:\n  caller:\n    command: ['{python}', '{mesh_dir}/client.py']\n"
+        ),
+    )
+    try:
+        log = tmp_path / ".meshlet" / "replicas" / "caller-0" / "app.log"
+        for _ in range(200):
+            if log.exists() and log.read_text().strip():
+                break
+            time.sleep(0.05)
+        assert log.read_text().strip() == "echo:hello mesh"
+        # opaque TCP still crossed mTLS: the echo sidecar counted a mutual-TLS connection
+        admin = mesh.replica("echo-0")["admin"]
+        with httpx.Client(timeout=5.0) as c:
+            text = c.get(f"http://{admin}/stats/prometheus").text
+        assert re.search(
+            r'istio_tcp_connections_opened_total\{[^}]*reporter="destination"'
+            r'[^}]*connection_security_policy="mutual_tls"[^}]*\} [1-9]',
+            text,
+        ), text
+    finally:
+        assert mesh.stop() == 0

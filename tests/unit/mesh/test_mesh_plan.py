@@ -123,3 +123,37 @@ def test_port_clash_is_recognised_in_either_spelling() -> None:
     )
     assert looks_like_port_clash("bind: Address already in use")
     assert not looks_like_port_clash("meshlet: error: proxy.yaml:3: inbound.app: bad address")
+
+
+def test_tcp_services_get_a_local_port_per_replica(tmp_path: Path) -> None:
+    text = MESH.replace(
+        "clients:",
+        "  grpc-echo:\n    protocol: tcp\n    workloads:\n      - command: echo {port}\nclients:",
+    )
+    mesh = parse_mesh(parse_yaml(text, str(tmp_path / "mesh.yaml"))[0])
+    ports = itertools.count(20000)
+    plan = plan_mesh(mesh, next_port=lambda: next(ports), python="/py")
+    frontend = next(r for r in plan.replicas if r.name == "frontend-0")
+    ((svc, port),) = frontend.tcp_ports
+    assert svc == "grpc-echo"
+    assert dict(frontend.env)["MESHLET_TCP_GRPC_ECHO"] == f"127.0.0.1:{port}"
+    boot = parse_bootstrap(
+        parse_yaml(
+            yaml.safe_dump(bootstrap_for(plan, frontend, Features(policies=False, routing=False))),
+            "f.yaml",
+        )[0]
+    )
+    assert boot.outbound is not None
+    tcp = next(s for s in boot.outbound.services if s.name == "grpc-echo")
+    assert tcp.protocol == "tcp"
+    assert tcp.listen is not None
+    assert tcp.listen.port == port
+    echo = next(r for r in plan.replicas if r.name == "grpc-echo-0")
+    server = parse_bootstrap(
+        parse_yaml(
+            yaml.safe_dump(bootstrap_for(plan, echo, Features(policies=False, routing=False))),
+            "e.yaml",
+        )[0]
+    )
+    assert server.inbound is not None
+    assert server.inbound.protocol == "tcp"
