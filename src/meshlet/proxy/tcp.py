@@ -16,7 +16,8 @@ choosing TLS or plaintext.
 Half-close: an EOF is passed on where the other leg can carry it (plaintext
 ``write_eof``) and the other direction keeps flowing; a TLS leg cannot
 half-close in asyncio, so there an EOF ends the whole connection.
-Byte counts reach ``istio_tcp_*`` when the connection closes.
+Byte counts reach ``istio_tcp_*`` every 15 s while a connection is open and
+when it closes.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ CHUNK_BYTES = 64 * 1024  # one read; also the most a direction buffers in the pr
 # transport_socket_connect_timeout default) only bounds stuck peers.
 HANDSHAKE_TIMEOUT_S = 10.0
 _TLS_HANDSHAKE_BYTE = 0x16
+# Istio's tcp_reporting_duration default: bytes of open connections every 15 s.
+REPORT_INTERVAL_S = 15.0
 
 IdentitySource = Callable[[], LoadedIdentity]
 
@@ -116,7 +119,17 @@ class _Splice:
 class _TcpListener:
     """Accept loop, connection tracking and drain shared by both directions."""
 
-    def __init__(self, sock: socket.socket, *, metrics: GoldenMetrics, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        metrics: GoldenMetrics,
+        timeouts: Timeouts,
+        report_interval_s: float = REPORT_INTERVAL_S,
+    ) -> None:
+        self._report_interval_s = report_interval_s
+        self._reporting: asyncio.Task[None] | None = None
+        self._live: set[_Live] = set()
         sock.setblocking(False)
         self._sock = sock
         host, port = sock.getsockname()[:2]
@@ -138,6 +151,38 @@ class _TcpListener:
 
     async def start(self) -> None:
         self._accepting = asyncio.create_task(self._accept_loop())
+        self._reporting = asyncio.create_task(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        """Report bytes of long-lived connections periodically, as Istio does
+        (``tcp_reporting_duration``), not only when they close."""
+        while True:
+            await asyncio.sleep(self._report_interval_s)
+            for live in list(self._live):
+                live.report(self._metrics)
+
+    async def _run_splice(
+        self,
+        labels: _Labels,
+        down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> None:
+        common = {
+            "reporter": labels.reporter,
+            "source_principal": labels.source_principal,
+            "destination_principal": labels.destination_principal,
+            "destination_service": labels.destination_service,
+        }
+        self._metrics.tcp_opened(**common, mtls=labels.mtls)
+        live = _Live(_Splice(self._timeouts.idle_s), labels)
+        self._live.add(live)
+        try:
+            await live.splice.run(down, up)
+        finally:
+            self._live.discard(live)
+            await _close(up[1])
+            live.report(self._metrics)
+            self._metrics.tcp_closed(**common, mtls=labels.mtls)
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -189,6 +234,9 @@ class _TcpListener:
 
     async def close(self) -> None:
         self.stop_accepting()
+        if self._reporting is not None:
+            self._reporting.cancel()
+            self._reporting = None
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -253,8 +301,11 @@ class TcpInboundListener(_TcpListener):
         timeouts: Timeouts,
         gate: InboundGate | None = None,
         service: str = "inbound",
+        report_interval_s: float = REPORT_INTERVAL_S,
     ) -> None:
-        super().__init__(sock, metrics=metrics, timeouts=timeouts)
+        super().__init__(
+            sock, metrics=metrics, timeouts=timeouts, report_interval_s=report_interval_s
+        )
         self._app = app
         self._mtls = mtls
         self._identity = identity
@@ -318,7 +369,7 @@ class TcpInboundListener(_TcpListener):
         except (OSError, TimeoutError) as exc:
             self._metrics.upstream_error("timeout" if isinstance(exc, TimeoutError) else "connect")
             return
-        await _run_splice(self._metrics, labels, down, up, self._timeouts.idle_s)
+        await self._run_splice(labels, down, up)
 
 
 class TcpOutboundListener(_TcpListener):
@@ -333,8 +384,11 @@ class TcpOutboundListener(_TcpListener):
         identity: IdentitySource,
         metrics: GoldenMetrics,
         timeouts: Timeouts,
+        report_interval_s: float = REPORT_INTERVAL_S,
     ) -> None:
-        super().__init__(sock, metrics=metrics, timeouts=timeouts)
+        super().__init__(
+            sock, metrics=metrics, timeouts=timeouts, report_interval_s=report_interval_s
+        )
         self._service = service
         self._identity = identity
         self._order = itertools.cycle(range(len(service.endpoints)))
@@ -357,7 +411,7 @@ class TcpOutboundListener(_TcpListener):
             mtls=True,
         )
         try:
-            await _run_splice(self._metrics, labels, down, streams, self._timeouts.idle_s)
+            await self._run_splice(labels, down, streams)
         finally:
             await _close(down[1])
 
@@ -432,24 +486,30 @@ class _Labels:
     mtls: bool
 
 
-async def _run_splice(
-    metrics: GoldenMetrics,
-    labels: _Labels,
-    down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    idle_s: float,
-) -> None:
-    common = {
-        "reporter": labels.reporter,
-        "source_principal": labels.source_principal,
-        "destination_principal": labels.destination_principal,
-        "destination_service": labels.destination_service,
-    }
-    metrics.tcp_opened(**common, mtls=labels.mtls)
-    splice = _Splice(idle_s)
-    try:
-        await splice.run(down, up)
-    finally:
-        await _close(up[1])
-        metrics.tcp_bytes(splice.sent, splice.received, **common, mtls=labels.mtls)
-        metrics.tcp_closed(**common, mtls=labels.mtls)
+class _Live:
+    """A spliced connection's labels and the bytes already reported for it."""
+
+    __slots__ = ("labels", "reported_received", "reported_sent", "splice")
+
+    def __init__(self, splice: _Splice, labels: _Labels) -> None:
+        self.splice = splice
+        self.labels = labels
+        self.reported_sent = 0
+        self.reported_received = 0
+
+    def report(self, metrics: GoldenMetrics) -> None:
+        """Add the bytes moved since the last report to istio_tcp_*_bytes_total."""
+        sent, received = self.splice.sent, self.splice.received
+        if sent == self.reported_sent and received == self.reported_received:
+            return
+        labels = self.labels
+        metrics.tcp_bytes(
+            sent - self.reported_sent,
+            received - self.reported_received,
+            reporter=labels.reporter,
+            source_principal=labels.source_principal,
+            destination_principal=labels.destination_principal,
+            destination_service=labels.destination_service,
+            mtls=labels.mtls,
+        )
+        self.reported_sent, self.reported_received = sent, received

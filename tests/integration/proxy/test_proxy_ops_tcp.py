@@ -99,11 +99,13 @@ async def inbound(
     mtls: MtlsMode = MtlsMode.STRICT,
     gate: DenyClients | None = None,
     timeouts: Timeouts = TIMEOUTS,
+    report_interval_s: float = 15.0,
 ) -> AsyncIterator[tuple[TcpInboundListener, GoldenMetrics]]:
     metrics = GoldenMetrics()
     listener = TcpInboundListener(
         _listening(), app=Address(host="127.0.0.1", port=app_port), mtls=mtls,
         identity=lambda: mesh.server_identity, metrics=metrics, timeouts=timeouts, gate=gate,
+        report_interval_s=report_interval_s,
     )  # fmt: skip
     await listener.start()
     try:
@@ -383,3 +385,23 @@ async def test_silent_connection_is_closed_after_idle(mesh: Mesh) -> None:
         assert asyncio.get_running_loop().time() - started < 5
         writer.close()
         await _eventually(lambda: metrics.tcp_totals()["closed"] == 1)
+
+
+async def test_open_connections_report_bytes_periodically(mesh: Mesh) -> None:
+    async with (
+        tcp_echo() as app_port,
+        inbound(mesh, app_port, report_interval_s=0.05) as (inb, metrics),
+    ):
+        ctx = client_context(mesh.client_files)
+        reader, writer = await asyncio.open_connection(*inb.address, ssl=ctx)
+        writer.write(b"x" * 1000)
+        assert len(await asyncio.wait_for(reader.readexactly(1000), timeout=T)) == 1000
+        # Still open: the bytes show up without waiting for the close.
+        await _eventually(lambda: metrics.tcp_totals()["received"] == 1000)
+        assert metrics.tcp_totals()["closed"] == 0
+        writer.write(b"y" * 24)
+        await asyncio.wait_for(reader.readexactly(24), timeout=T)
+        writer.close()
+        await _eventually(lambda: metrics.tcp_totals()["closed"] == 1)
+    assert metrics.tcp_totals()["received"] == 1024  # no double counting at close
+    assert metrics.tcp_totals()["sent"] == 1024
