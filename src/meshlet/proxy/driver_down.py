@@ -83,7 +83,6 @@ class DownstreamConnection(asyncio.Protocol):
         "tunnel_pending",
         "url",
         "write_paused",
-        "xfp",
     )
 
     def __init__(self, listener: Listener, *, mtls: bool = False) -> None:
@@ -107,7 +106,6 @@ class DownstreamConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_pending = b""
         self.in_head = False
-        self.xfp: bytes | None = None
         self.write_paused = False
         # Writes are corked while a peer's read is being parsed so a response head
         # and its body leave in one write (one syscall, one TLS record) instead of
@@ -282,7 +280,7 @@ class DownstreamConnection(asyncio.Protocol):
             ex.xff = value if ex.xff is None else ex.xff + b", " + value
             return
         elif kind == _XFP:
-            self.xfp = value
+            ex.xfp = value
             return
         elif kind == _XFCC:
             return  # only we may say who the client is; drop what it claims
@@ -300,9 +298,6 @@ class DownstreamConnection(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive() and not self.listener.draining
         ex.started = self.listener.monotonic()
         ex.head_only = ex.method == b"HEAD"
-        if self.xfp is not None:
-            ex.headers.append((b"x-forwarded-proto", self.xfp))
-            self.xfp = None
         if ex.upgrade is not None:
             if b"upgrade" in connection_tokens(ex.connection):
                 ex.keep_alive = False  # the connection becomes a tunnel or closes

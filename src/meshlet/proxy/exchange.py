@@ -151,6 +151,7 @@ class Exchange:
         "verdict",
         "version",
         "xff",
+        "xfp",
     )
 
     def __init__(self, conn: DownstreamConnection, started: float) -> None:
@@ -185,6 +186,7 @@ class Exchange:
         self.ended = False
         self.expect = False
         self.xff: bytes | None = None
+        self.xfp: bytes | None = None  # the client's x-forwarded-proto, re-added by routers
         # Outbound traffic management (meshlet.proxy.routing): ``endpoint`` is the
         # pool the default picker chose (its result is recorded at finish), ``ctl``
         # the plan executor of a routed request (None on the unrouted fast path),

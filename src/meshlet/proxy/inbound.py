@@ -21,6 +21,20 @@ from meshlet.proxy.pool import EndpointPool
 __all__ = ["InboundRouter"]
 
 
+def _gate_headers(ex: Exchange) -> list[tuple[bytes, bytes]]:
+    """The request's headers as the client sent them, for the gate: the driver
+    keeps x-forwarded-for/-proto aside (the sidecar rewrites them), so put the
+    client's values back (Istio's remoteIpBlocks reads x-forwarded-for)."""
+    if ex.xff is None and ex.xfp is None:
+        return ex.headers
+    headers = list(ex.headers)
+    if ex.xff is not None:
+        headers.append((b"x-forwarded-for", ex.xff))
+    if ex.xfp is not None:
+        headers.append((b"x-forwarded-proto", ex.xfp))
+    return headers
+
+
 class InboundRouter:
     """Gate, then forward to the local app over a pooled plain connection."""
 
@@ -65,7 +79,7 @@ class InboundRouter:
             method=ex.method.decode("ascii", "replace"),
             path=ex.target.decode("ascii", "replace"),
             host=split_host(ex.host).decode("ascii", "replace"),
-            headers=ex.headers if ex.xff is None else [*ex.headers, (b"x-forwarded-for", ex.xff)],
+            headers=_gate_headers(ex),
             source_principal=conn.principal,
             source_ip=conn.peer_ip,
             source_port=conn.peer_port,
@@ -119,8 +133,7 @@ class InboundRouter:
                 + b";URI="
                 + conn.principal.encode("ascii")
             )
-        if not any(name == b"x-forwarded-proto" for name, _ in ex.headers):
-            lines.append(b"x-forwarded-proto: https" if conn.mtls else b"x-forwarded-proto: http")
+        lines.append(b"x-forwarded-proto: " + (ex.xfp or (b"https" if conn.mtls else b"http")))
         ex.head = request_head(
             ex.method,
             ex.target,

@@ -130,8 +130,7 @@ class OutboundRouter:
         extra.append(b"x-request-id: " + ex.request_id)
         ip = conn.peer_ip.encode("ascii")
         extra.append(b"x-forwarded-for: " + (ex.xff + b", " + ip if ex.xff else ip))
-        if not any(name == b"x-forwarded-proto" for name, _ in ex.headers):
-            extra.append(b"x-forwarded-proto: http")
+        extra.append(b"x-forwarded-proto: " + (ex.xfp or b"http"))
         return extra
 
     def finish(self, ex: Exchange) -> None:
