@@ -163,6 +163,33 @@ def http_listener(
     }
 
 
+def tcp_listener(
+    name: str, cluster: str, *, transport_socket: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An opaque TCP listener on 127.0.0.1:0 (``tcp_proxy``) to ``cluster``."""
+    chain: dict[str, Any] = {
+        "filters": [
+            {
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                    "tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": name,
+                    "cluster": cluster,
+                },
+            }
+        ]
+    }
+    if transport_socket is not None:
+        chain["transport_socket"] = transport_socket
+    return {
+        "name": name,
+        "stat_prefix": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [chain],
+    }
+
+
 def bootstrap(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from tests.integration.interop.envoy_configs import (
     running_envoy,
     stat_value,
     static_cluster,
+    tcp_listener,
     upstream_tls,
 )
 from tests.integration.interop.meshlet_support import (
+    STEP_TIMEOUT_S,
     echo_app,
     http_get,
     identity_block,
@@ -31,6 +34,7 @@ from tests.integration.interop.meshlet_support import (
     make_ca,
     running_proxy,
     spiffe,
+    tcp_echo,
     write_bootstrap,
 )
 
@@ -165,3 +169,69 @@ async def test_meshlet_outbound_to_envoy_inbound(tmp_path: Path) -> None:
                 assert 'meshlet_tls_handshake_failures_total{reason="wrong_identity"}' in text
                 assert f'destination_principal="{ENVOY_ID}"' in text
                 assert await meshlet.stop() == 0
+
+
+async def _tcp_roundtrip(address: tuple[str, int], payload: bytes) -> bytes:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), STEP_TIMEOUT_S)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(len(payload)), STEP_TIMEOUT_S)
+    finally:
+        writer.close()
+
+
+async def test_opaque_tcp_both_ways_with_envoy(tmp_path: Path) -> None:
+    """Envoy tcp_proxy -> meshlet inbound (protocol: tcp) -> echo, and meshlet
+    outbound tcp service -> Envoy tcp_proxy with client certs required -> echo."""
+    ca = make_ca(tmp_path)
+    meshlet_files = issue(ca, tmp_path / "meshlet", MESHLET_ID)
+    envoy_files = issue(ca, tmp_path / "envoy", ENVOY_ID)
+    payload = b"\x00\x01binary-frames\xff" * 4096
+    async with tcp_echo() as echo_port:
+        in_conf = {
+            "identity": identity_block(meshlet_files),
+            "admin": "127.0.0.1:0",
+            "inbound": {
+                "listen": "127.0.0.1:0", "app": f"127.0.0.1:{echo_port}", "protocol": "tcp",
+            },
+        }  # fmt: skip
+        async with running_proxy(write_bootstrap(tmp_path / "in.yaml", in_conf)) as inbound:
+            envoy_conf = bootstrap(
+                listeners=[
+                    tcp_listener("to_meshlet", "meshlet"),
+                    tcp_listener(
+                        "from_meshlet", "echo",
+                        transport_socket=downstream_tls(envoy_files, MESHLET_ID),
+                    ),
+                ],
+                clusters=[
+                    static_cluster(
+                        "meshlet", inbound.address("inbound")[1],
+                        transport_socket=upstream_tls(envoy_files, MESHLET_ID),
+                    ),
+                    static_cluster("echo", echo_port),
+                ],
+            )  # fmt: skip
+            async with running_envoy(envoy_conf, tmp_path / "envoy-run") as envoy:
+                # Envoy originates mTLS to the meshlet inbound.
+                assert await _tcp_roundtrip(envoy.listeners["to_meshlet"], payload) == payload
+                _, _, metrics = await http_get(*inbound.address("admin"), "/stats/prometheus")
+                assert f'source_principal="{ENVOY_ID}"' in metrics.decode()
+
+                # A meshlet outbound tcp service originates mTLS to Envoy.
+                envoy_port = envoy.listeners["from_meshlet"][1]
+                endpoint = {"address": f"127.0.0.1:{envoy_port}", "identity": ENVOY_ID}
+                service = {"protocol": "tcp", "listen": "127.0.0.1:0", "endpoints": [endpoint]}
+                out_conf = {
+                    "identity": identity_block(meshlet_files),
+                    "admin": "127.0.0.1:0",
+                    "outbound": {"listen": "127.0.0.1:0", "services": {"echo": service}},
+                }
+                path = write_bootstrap(tmp_path / "out.yaml", out_conf)
+                async with running_proxy(path) as outbound:
+                    host, port = str(outbound.ready[0]["tcp"]["echo"]).rsplit(":", 1)
+                    assert await _tcp_roundtrip((host, int(port)), payload) == payload
+                    assert await stat_value(envoy, "listener.from_meshlet.ssl.handshake") >= 1
+                    assert await outbound.stop() == 0
+            assert await inbound.stop() == 0
