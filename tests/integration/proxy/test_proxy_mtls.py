@@ -20,7 +20,7 @@ from tests.integration.proxy.conftest import (
     stop_pair,
 )
 
-from meshlet.config.bootstrap import IdentityFiles, MtlsMode
+from meshlet.config.bootstrap import IdentityFiles, Limits, MtlsMode
 from meshlet.errors import IdentityError
 from meshlet.identity.ca import CertificateAuthority
 
@@ -208,5 +208,38 @@ async def test_reload_identity_swaps_for_new_handshakes_only(pki: Pki) -> None:
         assert pair.inbound.identity is after
         data, _ = await _raw_https_get(pair.inbound_port, _client_ctx(files, files.bundle))
         assert data.startswith(b"HTTP/1.1 200")
+    finally:
+        await stop_pair(pair)
+
+
+async def test_reload_under_traffic_drops_nothing(pki: Pki) -> None:
+    # No idle upstream connections are kept, so every request is a new mTLS
+    # handshake with the inbound sidecar while its certificate rotates.
+    pair = await start_pair(pki, limits=Limits(max_idle_per_endpoint=0))
+    try:
+        cfg_files = pair.inbound.config.identity
+        serials = set()
+
+        async def traffic() -> int:
+            ok = 0
+            async with httpx.AsyncClient(proxy=pair.proxy_url, timeout=T) as c:
+                for _ in range(60):  # bounded
+                    r = await c.get("http://inference/hello")
+                    ok += r.status_code == 200
+            return ok
+
+        task = asyncio.create_task(traffic())
+        for i in range(3):
+            await asyncio.sleep(0.05)
+            fresh = pki.files(SERVER_ID, f"rot-{i}")
+            for name in ("cert", "key", "bundle"):
+                shutil.copy(getattr(fresh, name), getattr(cfg_files, name))
+            pair.inbound.reload_identity()
+            assert pair.inbound.identity is not None
+            serials.add(pair.inbound.identity.serial)
+        assert await asyncio.wait_for(task, 60) == 60
+        assert len(serials) == 3
+        assert pair.in_metrics.handshake_failures() == {}
+        assert pair.app.connections == 60  # nothing pooled: a new connection per request
     finally:
         await stop_pair(pair)
