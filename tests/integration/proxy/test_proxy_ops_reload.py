@@ -120,6 +120,7 @@ async def test_rotation_under_load_drops_nothing(tmp_path: Path) -> None:
 
                 rotated = asyncio.Event()
                 results: list[int] = []
+                results_direct = [0]
                 handshake_serials: list[str] = []
 
                 async def load(worker: int) -> None:
@@ -129,6 +130,7 @@ async def test_rotation_under_load_drops_nothing(tmp_path: Path) -> None:
                     while after < 40 and loop.time() < end:
                         if worker == 0:  # a fresh handshake straight to B each time
                             status, _, _ = await http_get(*b_in, "/direct", ssl_ctx=probe_ctx)
+                            results_direct[0] += 1
                         else:
                             status, _, _ = await http_get(
                                 *a_out, f"/via-a/{worker}", headers={"host": "inference"}
@@ -160,6 +162,19 @@ async def test_rotation_under_load_drops_nothing(tmp_path: Path) -> None:
                 assert len(results) >= 160
                 assert handshake_serials == [new_serial.lstrip("0")]
                 assert await _serial_via_openssl(b_in, probe) == new_serial.lstrip("0")
+                # A reports every proxied request as the source side, per Istio.
+                _, _, body = await http_get(*a.address("admin"), "/stats/prometheus")
+                rows = [
+                    line for line in body.decode().splitlines()
+                    if line.startswith("istio_requests_total{")
+                ]  # fmt: skip
+                assert rows
+                assert all('reporter="source"' in row for row in rows)
+                assert all('destination_service="inference"' in row for row in rows)
+                assert all(f'destination_principal="{SERVER_ID}"' in row for row in rows)
+                assert all(f'source_principal="{CLIENT_ID}"' in row for row in rows)
+                via_a = len(results) - results_direct[0]
+                assert sum(int(row.rsplit(" ", 1)[1]) for row in rows) == via_a
                 assert await a.stop() == 0
             assert await b.stop() == 0
 
