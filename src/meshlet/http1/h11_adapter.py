@@ -193,7 +193,7 @@ class _H11Base:
         if text[0] in (0x20, 0x09):
             raise RemoteProtocolError("obs-fold in message head", status_hint=self._status_hint)
         name, sep, _ = text.partition(b":")
-        if name.translate(None, TCHAR) or (complete and not sep):
+        if name.translate(None, TCHAR) or (complete and not sep) or (sep and not name):
             raise RemoteProtocolError(
                 f"invalid header name {name[:40]!r}", status_hint=self._status_hint
             )
@@ -289,7 +289,10 @@ class H11RequestParser(_H11Base):
         if method not in KNOWN_METHODS:
             raise RemoteProtocolError(f"invalid method {method!r}", status_hint=400)
         target = rest.lstrip(b" ").partition(b" ")[0]
-        if target.translate(None, _VISIBLE):
+        # llhttp refuses at the first byte a target that is not /, * or a scheme.
+        first = target[:1]
+        bad_start = method != b"CONNECT" and first not in (b"", b"/", b"*") and not first.isalpha()
+        if bad_start or target.translate(None, _VISIBLE):
             raise RemoteProtocolError(f"invalid request-target {target[:40]!r}", status_hint=400)
         if len(target) > self._limits.max_target_bytes:
             raise RemoteProtocolError("request-target too long", status_hint=414)
