@@ -32,6 +32,7 @@ class Counts:
 
     requests: float = 0.0
     failures: float = 0.0  # 5xx (or no response at all)
+    denied: float = 0.0  # 401/403: authentication or authorization said no
     mtls: float = 0.0
     # upper bound (ms) -> cumulative count, Prometheus-style, +inf included
     buckets: dict[float, float] = field(default_factory=dict)
@@ -47,6 +48,7 @@ class Counts:
         return Counts(
             requests=sub(self.requests, earlier.requests),
             failures=self.failures if reset else sub(self.failures, earlier.failures),
+            denied=self.denied if reset else sub(self.denied, earlier.denied),
             mtls=self.mtls if reset else sub(self.mtls, earlier.mtls),
             buckets={
                 le: (n if reset else sub(n, earlier.buckets.get(le, 0.0)))
@@ -57,6 +59,7 @@ class Counts:
     def add(self, other: Counts) -> None:
         self.requests += other.requests
         self.failures += other.failures
+        self.denied += other.denied
         self.mtls += other.mtls
         for le, n in other.buckets.items():
             self.buckets[le] = self.buckets.get(le, 0.0) + n
@@ -69,6 +72,7 @@ class Golden:
     requests: float
     rate_per_s: float
     success_rate: float | None
+    denied_share: float | None  # counted as success (the caller's problem), shown apart
     p50_ms: float | None
     p99_ms: float | None
     mtls_share: float | None
@@ -103,6 +107,8 @@ def counts_from(text: str, reporter: str) -> Counts:
             code = labels.get("response_code", "0")
             if not code.isdigit() or int(code) >= 500 or int(code) == 0:
                 out.failures += value
+            elif code in ("401", "403"):
+                out.denied += value
             if labels.get("connection_security_policy") == "mutual_tls":
                 out.mtls += value
         elif name == DURATION + "_bucket":
@@ -140,6 +146,7 @@ def golden(window: Counts, window_s: float) -> Golden:
         requests=n,
         rate_per_s=n / window_s if window_s > 0 else 0.0,
         success_rate=(n - window.failures) / n if n else None,
+        denied_share=window.denied / n if n else None,
         p50_ms=quantile(0.50, window.buckets) if n else None,
         p99_ms=quantile(0.99, window.buckets) if n else None,
         mtls_share=window.mtls / n if n else None,

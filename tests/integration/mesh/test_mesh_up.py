@@ -221,12 +221,12 @@ def test_status_once_shows_golden_metrics_of_live_traffic(mesh: Mesh) -> None:
     assert set(codes) == {200}
     inference = next(line for line in out.splitlines() if " inference " in line)
     cells = [c.strip() for c in inference.split("│") if c.strip()]
-    # NAMESPACE WORKLOAD DIR MESHED SUCCESS RPS P50 P99 MTLS TOTAL
-    assert cells[:5] == ["ml", "inference", "inbound", "2/2", "100.00%"]
-    assert float(cells[5]) > 0
-    assert cells[6].endswith("ms")
-    assert cells[8] == "100.00%"
-    assert int(cells[9]) >= len(codes) - 5  # requests after the last scrape are not counted
+    # NAMESPACE WORKLOAD DIR MESHED SUCCESS DENIED RPS P50 P99 MTLS TOTAL
+    assert cells[:6] == ["ml", "inference", "inbound", "2/2", "100.00%", "0.00%"]
+    assert float(cells[6]) > 0
+    assert cells[7].endswith("ms")
+    assert cells[9] == "100.00%"
+    assert int(cells[10]) >= len(codes) - 5  # requests after the last scrape are not counted
 
 
 def test_bad_policy_file_is_reported_before_anything_starts(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ def test_counts_pick_the_reporter_and_classify_codes() -> None:
     c = counts_from(_scrape(90, 5, 5, (10, 50, 90, 99, 100, 100)), "destination")
     assert c.requests == 100
     assert c.failures == 5  # the 403 is not a failure
+    assert c.denied == 5  # but it is counted as a denial
     assert c.mtls == 95
     assert c.buckets[math.inf] == 100
     assert counts_from(_scrape(1, 0, 0, (0,) * 6), "source").failures == 999
@@ -78,6 +79,7 @@ def test_golden_row_and_empty_window() -> None:
     g = golden(Counts(requests=200, failures=2, mtls=200, buckets={5.0: 200, math.inf: 200}), 2.0)
     assert g.rate_per_s == 100
     assert g.success_rate == pytest.approx(0.99)
+    assert g.denied_share == 0
     assert g.mtls_share == 1.0
     assert g.p50_ms == pytest.approx(2.5)
     empty = golden(Counts(), 2.0)
