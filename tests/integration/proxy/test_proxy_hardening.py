@@ -173,7 +173,11 @@ async def test_upstream_timeout_is_504(pki: Pki) -> None:
             r = await client.get("http://inference/hang")
         assert r.status_code == 504
         assert r.headers["x-meshlet-error"] == "upstream_timeout"
-        assert pair.in_metrics.upstream_errors().get("timeout") == 1
+        # both sidecars have the 0.5 s budget here; whichever sweeps first answers
+        timeouts = [
+            m.upstream_errors().get("timeout", 0) for m in (pair.in_metrics, pair.out_metrics)
+        ]
+        assert sum(timeouts) >= 1
     finally:
         await stop_pair(pair)
 
