@@ -1,0 +1,537 @@
+"""One routed request across its attempts: the ``Flight`` the drivers call.
+
+The drivers call it at five points (``exchange.Exchange.ctl``): request body
+chunk, request end, response head, failure (before a synthetic answer) and
+finish. It decides, in order: plan, fault, body limit, inference shedding, pool
+limits, endpoint; then per attempt: deadlines, and whether a response or
+failure is retried (``decide_retry``: attempts, retryOn, the 64 KiB replay
+buffer, the retry budget, ``maxRetries``). Mirrors get a fire-and-forget copy
+from ``mirror.MirrorSender``. ``routing.OutboundTraffic`` creates flights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from meshlet.config.routing import HeaderOps
+from meshlet.errors import NoRoute
+from meshlet.proxy import rescue as rescues
+from meshlet.proxy.exchange import CHUNKED, Exchange
+from meshlet.proxy.heads import request_head
+from meshlet.traffic.balancer import Endpoint
+from meshlet.traffic.inference import Admit, admit
+from meshlet.traffic.match import MODEL_HEADER, RequestAttributes
+from meshlet.traffic.model_name import ModelFieldScanner, ScanState
+from meshlet.traffic.retry import RETRY_BUFFER_BYTES, Failure, decide_retry
+from meshlet.traffic.router import ForwardPlan
+
+if TYPE_CHECKING:
+    from meshlet.proxy.driver_up import UpstreamConnection
+    from meshlet.proxy.routing import ClusterRuntime, OutboundTraffic
+
+__all__ = ["DISCARD_BYTES", "Flight"]
+
+logger = logging.getLogger("meshlet.proxy.routing")  # one logger name for routing events
+
+_FAILURES = {
+    "upstream_connect": Failure.CONNECT_FAILURE,
+    "upstream_reset": Failure.RESET,
+    "upstream_protocol": Failure.RESET,
+    "upstream_timeout": Failure.PER_TRY_TIMEOUT,
+}
+# Envoy's retry back-off: base 25 ms, full jitter, doubling per retry, capped at
+# 10x the base (config.route.v3.RetryPolicy.retry_back_off).
+_BACKOFF_BASE_S = 0.025
+_BACKOFF_MAX_S = 0.25
+# Request body read and dropped after a 413 before the connection is closed
+# instead (nginx's lingering close reads for a bounded time in the same spirit).
+DISCARD_BYTES = 1024 * 1024
+
+
+def _apply_ops(headers: list[tuple[bytes, bytes]], ops: HeaderOps) -> list[tuple[bytes, bytes]]:
+    if ops.remove or ops.set:
+        drop = {n.encode("latin-1") for n in ops.remove} | {n.encode("latin-1") for n, _ in ops.set}
+        headers = [h for h in headers if h[0] not in drop]
+    for name, value in (*ops.set, *ops.add):
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    return headers
+
+
+class Flight:
+    """One routed request across its attempts."""
+
+    __slots__ = (
+        "attempt_started",
+        "body_limit",
+        "body_refused",
+        "body_seen",
+        "buffer",
+        "buffer_bytes",
+        "buffer_over",
+        "endpoint",
+        "ex",
+        "extra",
+        "holding",
+        "host",
+        "in_retry",
+        "mirrored",
+        "plan",
+        "retries",
+        "rt",
+        "scanner",
+        "target",
+        "timer",
+        "total_deadline",
+        "traffic",
+        "tried",
+    )
+
+    def __init__(
+        self, traffic: OutboundTraffic, ex: Exchange, host: str, target: bytes, extra: list[bytes]
+    ) -> None:
+        self.traffic = traffic
+        self.ex = ex
+        self.host = host
+        self.target = target
+        self.extra = extra
+        self.scanner: ModelFieldScanner | None = None
+        self.plan: ForwardPlan | None = None
+        self.rt: ClusterRuntime | None = None
+        self.endpoint: Endpoint | None = None  # the attempt in flight
+        self.attempt_started = 0.0
+        self.retries = 0
+        self.tried: list[Endpoint] = []
+        self.buffer: list[bytes] = []  # the request body so far, while <= 64 KiB
+        self.buffer_bytes = 0
+        self.buffer_over = False
+        self.body_seen = 0
+        self.body_limit: int | None = None
+        self.body_refused = False  # past the limit: discarding the rest, 413 at its end
+        self.total_deadline = 0.0  # 0: none
+        self.holding = False  # holds a connection slot and a request slot
+        self.in_retry = False
+        self.mirrored = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- driver hooks ---------------------------------------------------------
+
+    def on_body(self, ex: Exchange, body: bytes) -> bool:
+        """A request body chunk; False: do not forward it (answered already)."""
+        if ex.ended:
+            return False
+        n = len(body)
+        self.body_seen += n
+        limit = self.body_limit
+        if limit is not None and self.body_seen > limit:
+            self._refuse_body(limit)
+            return False
+        if not self.buffer_over:
+            if self.buffer_bytes + n <= RETRY_BUFFER_BYTES:
+                self.buffer.append(body)
+                self.buffer_bytes += n
+            else:  # streamed past the replay buffer: no retry, no mirror from here on
+                self.buffer_over = True
+                self.buffer = []
+        scanner = self.scanner
+        if scanner is not None:
+            found = scanner.feed(body)
+            if found.state is not ScanState.NEED_MORE:
+                self.scanner = None
+                self.route(found.model if found.state is ScanState.FOUND else None)
+        return True
+
+    def on_request_end(self, ex: Exchange) -> None:
+        if self.body_refused:
+            limit = self.body_limit or 0
+            self._answer(rescues.body_too_large(limit, close=False))
+            return
+        if self.scanner is not None:
+            found = self.scanner.feed(b"", end=True)
+            self.scanner = None
+            self.route(found.model if found.state is ScanState.FOUND else None)
+        elif self.plan is not None and self.holding:
+            self._mirror()
+
+    def response_deadline(self, default: float) -> float:
+        """When the attempt just attached must have a response head."""
+        plan = self.plan
+        deadline = default
+        if self.total_deadline:
+            deadline = self.total_deadline
+        if plan is not None:
+            per_try = plan.retries.per_try_timeout_s
+            if per_try is not None:
+                deadline = min(deadline, self.traffic.listener.now + per_try)
+        return deadline
+
+    @property
+    def idle_s(self) -> float:
+        plan = self.plan
+        return 0.0 if plan is None else plan.stream_idle_timeout_s
+
+    def on_response(self, ex: Exchange, up: UpstreamConnection, status: int) -> bool:
+        """A final response head; True: it is dropped and the request retried."""
+        plan, rt, ep = self.plan, self.rt, self.endpoint
+        if plan is None or rt is None or ep is None:
+            return False
+        if status >= 400:  # decide_retry says no to what retryOn does not name
+            decision = decide_retry(
+                plan.retries,
+                retries_done=self.retries,
+                status=status,
+                body_bytes_sent=self.body_seen,
+                body_complete=ex.req_done and not self.buffer_over,
+                budget=rt.state.budget,
+                now=self.traffic.listener.now,
+            )
+            if decision.retry and self._retry_admitted():
+                self._record(ex.head_at, status)
+                up.ex = None
+                ex.upstream = None
+                up.close()
+                self._retry()
+                return True
+        ops = plan.response_headers
+        if ops.set or ops.add or ops.remove:
+            up.headers = _apply_ops(up.headers, ops)
+        return False
+
+    def on_failure(self, ex: Exchange, r: rescues.Rescue) -> bool:
+        """An attempt failed with no response; True: retried."""
+        failure = _FAILURES.get(r.error)
+        plan, rt = self.plan, self.rt
+        if failure is None or self.endpoint is None or plan is None or rt is None:
+            return False
+        now = self.traffic.listener.monotonic()
+        self._record(now, 0)
+        if self.total_deadline and now >= self.total_deadline:
+            return False
+        decision = decide_retry(
+            plan.retries,
+            retries_done=self.retries,
+            failure=failure,
+            body_bytes_sent=self.body_seen,
+            body_complete=ex.req_done and not self.buffer_over,
+            budget=rt.state.budget,
+            now=self.traffic.listener.now,
+        )
+        if not decision.retry or not self._retry_admitted():
+            return False
+        self._retry()
+        return True
+
+    def finish(self, ex: Exchange, now: float) -> None:
+        """The exchange ended (answered, failed or the client left)."""
+        if self.endpoint is not None:
+            self._record(ex.head_at or now, ex.status or (499 if ex.flag == "DC" else 0))
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        rt = self.rt
+        if rt is None:
+            return
+        limits = rt.state.limits
+        if self in rt.waiting:  # the client left while waiting for a slot
+            rt.waiting.remove(self)
+            limits.dequeued()
+        if self.in_retry:
+            self.in_retry = False
+            limits.retry_done()
+        if self.holding:
+            self.holding = False
+            limits.connection_closed()
+            limits.request_done()
+            self._next_waiting(rt)
+
+    # -- deciding -------------------------------------------------------------
+
+    def route(self, model: str | None) -> None:
+        """Plan the request and start it (or answer it)."""
+        ex = self.ex
+        if ex.ended:
+            return
+        traffic = self.traffic
+        attrs = RequestAttributes.from_head(
+            host=self.host,
+            method=ex.method,
+            target=self.target,
+            headers=ex.headers,
+            source_ip=ex.conn.peer_ip,
+            model_name=model,
+        )
+        try:
+            plan = traffic.router.plan(attrs, traffic.rng)
+        except NoRoute as exc:
+            ex.service = self.host
+            self._answer(rescues.route_not_found(str(exc)))
+            return
+        self.plan = plan
+        ex.service = plan.backend.host
+        if plan.fault_abort_status:
+            self._answer(rescues.fault_abort(plan.fault_abort_status))
+            return
+        limit = plan.max_request_body_bytes
+        self.body_limit = limit
+        if limit is not None and (self.body_seen > limit or _declared(ex) > limit):
+            if ex.expect or ex.req_done:  # nothing more is coming: answer now
+                self._answer(rescues.body_too_large(limit, close=not ex.req_done))
+            else:
+                self._refuse_body(limit)
+            return
+        if plan.timeout_s is not None:
+            self.total_deadline = ex.started + plan.timeout_s
+        try:
+            rt = traffic.runtime(plan)
+        except NoRoute as exc:
+            self._answer(rescues.no_healthy_upstream(str(exc)))
+            return
+        self.rt = rt
+        ex.head = self._head(plan, attrs.model_name)
+        if plan.fault_delay_s > 0:
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(plan.fault_delay_s, self._admit)
+            return
+        self._admit()
+
+    def _head(self, plan: ForwardPlan, model: str | None) -> bytes:
+        ex = self.ex
+        headers = _apply_ops(list(ex.headers), plan.request_headers)
+        if plan.authority is not None:
+            headers = [h for h in headers if h[0] != b"host"]
+            headers.append((b"host", plan.authority.encode("latin-1")))
+        extra = self.extra
+        if model is not None and not any(h[0] == MODEL_HEADER.encode() for h in headers):
+            extra = [*extra, b"x-model-name: " + model.encode("latin-1")]
+        return request_head(
+            ex.method,
+            plan.path.encode("latin-1"),
+            headers,
+            connection=ex.connection,
+            extra=extra,
+            chunked=ex.framing == CHUNKED,
+            upgrade=ex.upgrade,
+        )
+
+    def _admit(self) -> None:
+        """Shedding and pool limits, then the first attempt (or a place in line)."""
+        self.timer = None
+        ex, plan, rt = self.ex, self.plan, self.rt
+        if ex.ended or plan is None or rt is None:
+            return
+        state = rt.state
+        inference = plan.inference
+        queue_for_slot = False
+        if inference is not None and inference.max_concurrency_per_endpoint is not None:
+            picker = state.picker
+            verdict = admit(
+                inference.criticality,
+                [picker.outstanding_of(e) for e in picker.endpoints],
+                inference.max_concurrency_per_endpoint,
+            )
+            if verdict is Admit.SHED:
+                self._answer(rescues.shed(f"every endpoint of pool {inference.pool!r} is busy"))
+                return
+            queue_for_slot = verdict is Admit.QUEUE
+        limits = state.limits
+        # HTTP/1.1 upstreams carry one request per connection, so maxConnections
+        # bounds the requests in flight; beyond it requests wait, up to
+        # http1MaxPendingRequests, and past that are refused (Envoy's breaker).
+        if queue_for_slot or limits.connections >= limits.limits.max_connections:
+            admission = limits.try_enqueue()
+            if not admission.admitted:
+                self._answer(rescues.overflow(admission.reason))
+                return
+            rt.waiting.append(self)
+            wait_s = plan.timeout_s or self.traffic.listener.timeouts.upstream_response_s
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(wait_s, self._wait_expired)
+            return
+        admission = limits.try_start_request()
+        if not admission.admitted:
+            self._answer(rescues.overflow(admission.reason))
+            return
+        limits.try_connect()
+        self.holding = True
+        self._attempt()
+        if ex.req_done:
+            self._mirror()
+
+    def _wait_expired(self) -> None:
+        self.timer = None
+        rt = self.rt
+        if rt is not None and self in rt.waiting:
+            rt.waiting.remove(self)
+            rt.state.limits.dequeued()
+        self._answer(rescues.route_timeout("no connection slot within the timeout"))
+
+    def _next_waiting(self, rt: ClusterRuntime) -> None:
+        limits = rt.state.limits
+        while rt.waiting and limits.connections < limits.limits.max_connections:
+            nxt = rt.waiting.popleft()
+            limits.dequeued()
+            if nxt.timer is not None:
+                nxt.timer.cancel()
+                nxt.timer = None
+            if nxt.ex.ended:
+                continue
+            if not limits.try_start_request().admitted:
+                nxt._answer(rescues.overflow(f"upstream {limits.limits.max_requests} requests"))
+                continue
+            limits.try_connect()
+            nxt.holding = True
+            nxt._attempt()
+            if nxt.ex.req_done:
+                nxt._mirror()
+
+    def _attempt(self) -> None:
+        ex, rt, plan = self.ex, self.rt, self.plan
+        if ex.ended or rt is None or plan is None:
+            return
+        traffic = self.traffic
+        now = traffic.listener.now
+        ep = rt.state.choose(now, traffic.rng, plan.hash_key, also_exclude=self.tried)
+        if ep is None:
+            self._answer(rescues.no_healthy_upstream(f"no healthy endpoint in {rt.name}"))
+            return
+        pool = rt.pools[ep]
+        self.endpoint = ep
+        self.tried.append(ep)
+        self.attempt_started = traffic.listener.monotonic()
+        if self.retries == 0:
+            rt.state.budget.record_request(now)
+        ex.dst_principal = pool.identity or "unknown"
+        ex.head_at = 0.0
+        pool.forward(ex)
+
+    def _retry_admitted(self) -> bool:
+        rt = self.rt
+        if rt is None:
+            return False
+        if self.in_retry:
+            return True  # already counted as one retry in flight
+        if not rt.state.limits.try_start_retry().admitted:
+            return False
+        self.in_retry = True
+        return True
+
+    def _retry(self) -> None:
+        ex = self.ex
+        self.retries += 1
+        ex.upstream = None
+        ex.pending = list(self.buffer)
+        ex.pending_bytes = self.buffer_bytes
+        ex.head_at = 0.0
+        backoff = min(_BACKOFF_BASE_S * 2 ** (self.retries - 1), _BACKOFF_MAX_S)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(backoff * self.traffic.rng.random(), self._attempt_later)
+
+    def _attempt_later(self) -> None:
+        self.timer = None
+        self._attempt()
+
+    def _record(self, at: float, status: int) -> None:
+        ep, rt = self.endpoint, self.rt
+        self.endpoint = None
+        if ep is None or rt is None:
+            return
+        outcome = rt.state.record(
+            ep, max(0.0, at - self.attempt_started), status, self.traffic.listener.now
+        )
+        if outcome.ejection is not None:
+            e = outcome.ejection
+            logger.info(
+                "outlier_ejected",
+                extra={
+                    "cluster": rt.name,
+                    "endpoint": e.endpoint,
+                    "reason": e.reason,
+                    "times": e.times,
+                },
+            )
+
+    def _mirror(self) -> None:
+        plan = self.plan
+        if self.mirrored or plan is None or not plan.mirrors:
+            return
+        self.mirrored = True
+        if self.buffer_over:
+            self.traffic.listener.metrics.upstream_error("mirror_skipped_body")
+            return
+        for dest in plan.mirrors:
+            svc = self.traffic.service(dest.host)
+            if svc is None:
+                continue
+            labels = self.traffic.router.subset_labels(dest.host, dest.subset)
+            pools = [p for p in svc.endpoints if p.key.has_labels(labels)]
+            if not pools:
+                continue
+            pool = pools[int(self.traffic.rng.random() * len(pools)) % len(pools)]
+            self.traffic.mirrors.send(pool, self._mirror_head(plan, dest.host), self.buffer)
+
+    def _mirror_head(self, plan: ForwardPlan, host: str) -> bytes:
+        """Istio's shadow request: Host gets ``-shadow``, the body is re-framed by
+        length, and the connection closes after the response."""
+        ex = self.ex
+        authority = plan.authority or ex.host.decode("latin-1") or host
+        headers = [h for h in ex.headers if h[0] not in (b"host", b"content-length")]
+        headers = _apply_ops(headers, plan.request_headers)
+        extra = [
+            *self.extra,
+            b"host: " + authority.encode("latin-1") + b"-shadow",
+            b"content-length: %d" % self.buffer_bytes,
+            b"connection: close",
+        ]
+        return request_head(
+            ex.method,
+            plan.path.encode("latin-1"),
+            headers,
+            connection=ex.connection,
+            extra=extra,
+            chunked=False,
+            upgrade=None,
+        )
+
+    def _refuse_body(self, limit: int) -> None:
+        """Past the body limit: stop the attempt, read and drop the rest of the body
+        and answer 413 when it ends, so the client reads the answer instead of a
+        reset (closing a socket with unread input sends RST, RFC 1122 4.2.2.13).
+        A body that goes on past ``DISCARD_BYTES`` more gets the 413 and a close."""
+        ex = self.ex
+        if self.body_refused:
+            if self.body_seen - limit > DISCARD_BYTES:
+                self._answer(rescues.body_too_large(limit))
+            return
+        self.body_refused = True
+        self.scanner = None
+        up, ex.upstream = ex.upstream, None
+        if up is not None:
+            up.ex = None  # detached: its close is not this request's failure
+            up.close()
+        ex.pending = None
+        if self.endpoint is not None:
+            self._record(self.traffic.listener.monotonic(), 413)
+
+    def _answer(self, r: rescues.Rescue) -> None:
+        ex = self.ex
+        if ex.ended:
+            return
+        if self.rt is not None and self in self.rt.waiting:
+            self.rt.waiting.remove(self)
+            self.rt.state.limits.dequeued()
+        self.endpoint = None
+        ex.conn.respond_rescue(ex, r)
+
+
+def _declared(ex: Exchange) -> int:
+    """The request's Content-Length, or -1."""
+    if ex.framing == CHUNKED:
+        return -1
+    for name, value in ex.headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
