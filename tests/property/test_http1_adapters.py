@@ -218,3 +218,14 @@ def test_parsers_agree_on_where_small_limits_bite(data: st.DataObject) -> None:
     fast = _run(_server(HTTPTOOLS, SMALL), wire, cuts)
     reference = _run(_server(H11, SMALL), wire, cuts)
     assert fast == reference, wire
+
+
+@SETTINGS
+@given(data=st.data())
+def test_response_parsers_agree_under_small_limits(data: st.DataObject) -> None:
+    wire = data.draw(mutated(responses()))
+    method = data.draw(st.sampled_from([b"GET", b"HEAD", b"POST"]))
+    cuts = data.draw(st.composite(lambda draw: _splits(draw, len(wire)))())
+    fast = _run(_client(HTTPTOOLS, method, SMALL), wire, cuts)
+    reference = _run(_client(H11, method, SMALL), wire, cuts)
+    assert fast == reference, (method, wire)

@@ -36,6 +36,7 @@ from meshlet.http1.framing import (
     Framing,
     analyze_request,
     analyze_response,
+    parse_content_length,
 )
 from meshlet.http1.limits import Limits
 from meshlet.http1.strict import (
@@ -52,6 +53,7 @@ from meshlet.http1.strict import (
 
 _CRLF = b"\r\n"
 _VISIBLE = bytes(range(0x21, 0x7F))
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 # Enough for any head the strict front lets through; the limits are ours.
 _H11_MAX = 2**31
 
@@ -180,6 +182,8 @@ class _H11Base:
                 self._commit()
                 return True
             name, value = parse_field_line(line, self._status_hint)
+            if name in _FRAMING_FIELDS:
+                self._check_framing_field(name, value)
             self._pending = (name, value)
             self._fields.append((name, value))
             self._lines.append(line)
@@ -198,6 +202,20 @@ class _H11Base:
                 f"invalid header name {name[:40]!r}", status_hint=self._status_hint
             )
         self._commit()
+
+    def _check_framing_field(self, name: bytes, value: bytes) -> None:
+        """llhttp checks Content-Length and its clash with Transfer-Encoding as
+        each field arrives, not at the end of the head; so does the reference."""
+        hint = self._status_hint
+        seen = {field for field, _ in self._fields if field in _FRAMING_FIELDS}
+        if name == b"content-length":
+            parse_content_length(value, hint)
+            if name in seen:
+                raise RemoteProtocolError("duplicate Content-Length", status_hint=hint)
+        if len(seen | {name}) == 2:
+            raise RemoteProtocolError(
+                "Content-Length together with Transfer-Encoding", status_hint=hint
+            )
 
     def _commit(self) -> None:
         if self._pending is not None:
