@@ -41,9 +41,11 @@ async def test_sse_events_arrive_as_they_are_produced(pair: Pair) -> None:
         async for chunk in r.aiter_raw():
             if chunk:
                 arrivals.append(time.monotonic() - start)
-    assert arrivals[0] < 0.5, arrivals  # first token long before the stream ends
-    assert arrivals[-1] >= 1.1, arrivals
-    assert len(arrivals) >= 2
+    # The app spaces its 3 events 0.6 s apart: a proxy that buffered the response
+    # would deliver everything at once; streaming puts the first event >= 1 s
+    # before the last (robust to a slow start on a loaded machine).
+    assert len(arrivals) >= 2, arrivals
+    assert arrivals[-1] - arrivals[0] >= 1.0, arrivals
 
 
 async def test_chunked_upload_streams_through(pair: Pair) -> None:
