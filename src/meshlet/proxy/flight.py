@@ -318,7 +318,7 @@ class Flight:
         """Shedding and pool limits, then the first attempt (or a place in line)."""
         self.timer = None
         ex, plan, rt = self.ex, self.plan, self.rt
-        if ex.ended or plan is None or rt is None:
+        if ex.ended or self.body_refused or plan is None or rt is None:
             return
         state = rt.state
         inference = plan.inference
@@ -387,7 +387,7 @@ class Flight:
 
     def _attempt(self) -> None:
         ex, rt, plan = self.ex, self.rt, self.plan
-        if ex.ended or rt is None or plan is None:
+        if ex.ended or self.body_refused or rt is None or plan is None:
             return
         traffic = self.traffic
         now = traffic.listener.now

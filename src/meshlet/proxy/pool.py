@@ -87,10 +87,13 @@ class EndpointPool:
         except UpstreamError as exc:
             kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
             self.listener.metrics.upstream_error(kind)
-            ex.conn.respond_rescue(ex, rescues.from_error(exc))
+            if ex.pending is not None:  # the request still waits for this attempt
+                ex.conn.respond_rescue(ex, rescues.from_error(exc))
             return
-        if ex.ended or ex.conn.closed:
-            self.release(conn)  # the client went away while we connected
+        if ex.ended or ex.conn.closed or ex.pending is None:
+            # The client went away while we connected, or the request no longer
+            # wants this attempt (pending is a list until an upstream is attached).
+            self.release(conn)
             return
         conn.attach(ex)
 

@@ -160,3 +160,47 @@ async def test_sheddable_gets_429_when_pool_is_full_critical_waits(
         assert critical.status_code == 200  # queued for the slot, then served
         assert (await asyncio.wait_for(first, 5)).status_code == 200
         assert gpu.hits == 2
+
+
+async def test_connect_failure_is_retried_on_another_endpoint_and_ejected(
+    tpki: Pki, tmp_path: Path
+) -> None:
+    # Istio's default retry policy (2 attempts on connect-failure, ...) applies
+    # when the route says nothing; the dead endpoint is then ejected.
+    routing = vs("  - route: [{destination: {host: inference}}]") + dr(
+        "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: "
+        "{consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 30s, "
+        "maxEjectionPercent: 50}}"
+    )
+    gone, alive = Replica("gone", {}), Replica("alive", {})
+    async with mesh_of(tpki, tmp_path, [gone, alive], routing) as mesh, mesh.client() as client:
+        await mesh.inbounds[0].close()  # gone's sidecar: connections are refused now
+        for _ in range(10):
+            r = await asyncio.wait_for(client.get("/", headers=HOST), 5)
+            assert r.status_code == 200
+            assert r.headers["x-served-by"] == "alive"
+        assert mesh.metrics.upstream_errors().get("connect", 0) == 2  # then ejected
+
+
+async def test_streamed_body_past_limit_is_cut_upstream_and_connection_goes_on(
+    tpki: Pki, tmp_path: Path
+) -> None:
+    routing = vs(
+        "  - route: [{destination: {host: inference}}]",
+        annotations='meshlet.io/max-request-body-bytes: "100"',
+    )
+    app = Replica("app", {})
+    async with mesh_of(tpki, tmp_path, [app], routing) as mesh, mesh.client() as client:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"x" * 60
+            await asyncio.sleep(0.05)
+            yield b"y" * 60
+
+        for _ in range(3):
+            r = await asyncio.wait_for(client.post("/", headers=HOST, content=chunks()), 5)
+            assert r.status_code == 413
+        r = await asyncio.wait_for(client.get("/", headers=HOST), 5)
+        assert r.status_code == 200  # the same keep-alive connection goes on
+        # The cut attempts never completed upstream: only the GET did.
+        assert [line for line, _, _ in app.requests] == [b"GET / HTTP/1.1"]
