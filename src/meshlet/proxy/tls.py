@@ -62,6 +62,9 @@ def load_identity(files: IdentityFiles) -> LoadedIdentity:
     """Read cert/key/bundle and build both contexts; raise IdentityError naming the
     file and the reason on any problem (missing, unreadable, key mismatch, no
     SPIFFE ID), so a bad rotation never replaces a good identity."""
+    for path in (files.cert, files.key, files.bundle):
+        if not path.is_file():  # ssl's FileNotFoundError does not say which file
+            raise IdentityError(f"{path}: no such file")
     try:
         server = _context(ssl.PROTOCOL_TLS_SERVER, files)
         client = _context(ssl.PROTOCOL_TLS_CLIENT, files)
