@@ -90,7 +90,7 @@ def test_peer_spiffe_id(sans: tuple[tuple[str, str], ...], expected: str | None)
 
 def _ssl_error(reason: str) -> ssl.SSLError:
     err = ssl.SSLError(1, reason)
-    err.reason = reason  # type: ignore[misc]
+    err.reason = reason
     return err
 
 
