@@ -127,13 +127,7 @@ class Flight:
         if limit is not None and self.body_seen > limit:
             self._refuse_body(limit)
             return False
-        if not self.buffer_over:
-            if self.buffer_bytes + n <= RETRY_BUFFER_BYTES:
-                self.buffer.append(body)
-                self.buffer_bytes += n
-            else:  # streamed past the replay buffer: no retry, no mirror from here on
-                self.buffer_over = True
-                self.buffer = []
+        self._keep(body)
         scanner = self.scanner
         if scanner is not None:
             found = scanner.feed(body)
@@ -141,6 +135,24 @@ class Flight:
                 self.scanner = None
                 self.route(found.model if found.state is ScanState.FOUND else None)
         return True
+
+    def _keep(self, body: bytes) -> None:
+        """Hold the body for replay and mirrors while it fits the 64 KiB buffer."""
+        if not self.buffer_over:
+            n = len(body)
+            if self.buffer_bytes + n <= RETRY_BUFFER_BYTES:
+                self.buffer.append(body)
+                self.buffer_bytes += n
+            else:  # streamed past the replay buffer: no retry, no mirror from here on
+                self.buffer_over = True
+                self.buffer = []
+
+    def received_before_start(self, parts: list[bytes]) -> None:
+        """Body parts parsed before routing began (a pipelined request waits in
+        line with its body already read): count and hold them like later ones."""
+        for part in parts:
+            self.body_seen += len(part)
+            self._keep(part)
 
     def on_request_end(self, ex: Exchange) -> None:
         if self.body_refused:

@@ -25,7 +25,12 @@ from meshlet.proxy.mirror import MirrorSender
 from meshlet.proxy.pool import Cluster, EndpointPool
 from meshlet.traffic.balancer import Endpoint
 from meshlet.traffic.cluster import ClusterState, select_endpoints
-from meshlet.traffic.model_name import ModelFieldScanner, model_from_path
+from meshlet.traffic.model_name import (
+    ModelFieldScanner,
+    ScanResult,
+    ScanState,
+    model_from_path,
+)
 from meshlet.traffic.router import ForwardPlan, Router
 
 __all__ = ["ClusterRuntime", "Flight", "OutboundTraffic", "RoutedHosts"]
@@ -176,11 +181,24 @@ class OutboundTraffic:
     def start(self, ex: Exchange, host: bytes, target: bytes, extra: list[bytes]) -> None:
         flight = Flight(self, ex, host.decode("ascii", "replace"), target, extra)
         ex.ctl = flight
+        early = ex.pending or []
+        if early:
+            flight.received_before_start(early)
         path = target.partition(b"?")[0].decode("latin-1")
         model = model_from_path(path)
         if model is None and _peek_body_for_model(ex):
-            flight.scanner = ModelFieldScanner()
-            return  # routed once the scanner decides (on_body / on_request_end)
+            scanner = ModelFieldScanner()
+            found = ScanResult(ScanState.NEED_MORE)
+            for part in early:
+                found = scanner.feed(part)
+                if found.state is not ScanState.NEED_MORE:
+                    break
+            if found.state is ScanState.NEED_MORE and ex.req_done:
+                found = scanner.feed(b"", end=True)
+            if found.state is ScanState.NEED_MORE:
+                flight.scanner = scanner
+                return  # routed once the scanner decides (on_body / on_request_end)
+            model = found.model if found.state is ScanState.FOUND else None
         flight.route(model)
 
 

@@ -95,3 +95,37 @@ async def test_model_name_from_kserve_path_and_openai_body(tpki: Pki, tmp_path: 
             )
             served.append(r.headers["x-served-by"])
         assert served.count("v1") >= 12, served
+
+
+async def test_pipelined_requests_are_routed_by_their_body_model(tpki: Pki, tmp_path: Path) -> None:
+    """The second request's body is read while the first is answered; its model
+    must still be found (and its body replayable) when its turn comes."""
+    async with mesh_of(tpki, tmp_path, two_versions(), CANARY) as mesh:
+        addr = mesh.outbound.outbound_address
+        assert addr is not None
+        reader, writer = await asyncio.open_connection(*addr)
+        try:
+            reqs = b""
+            for model in (b"llama", b"llama", b"llama"):
+                body = b'{"model": "%s", "prompt": "hi"}' % model
+                reqs += (
+                    b"POST /v1/completions HTTP/1.1\r\nhost: inference\r\n"
+                    b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+            writer.write(reqs)
+            served = []
+            for _ in range(3):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                fields = dict(
+                    line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line
+                )
+                await asyncio.wait_for(reader.readexactly(int(fields[b"content-length"])), 10)
+                assert head.startswith(b"HTTP/1.1 200")
+                served.append(fields[b"x-served-by"])
+            assert served == [b"v2", b"v2", b"v2"]
+            assert [b for _, _, b in mesh.replicas["v2"].requests] == [
+                b'{"model": "llama", "prompt": "hi"}'
+            ] * 3
+        finally:
+            writer.close()
