@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DISCARD_BYTES", "Flight"]
 
+_MODEL_HEADER = MODEL_HEADER.encode("ascii")
+
 logger = logging.getLogger("meshlet.proxy.routing")  # one logger name for routing events
 
 _FAILURES = {
@@ -314,8 +316,9 @@ class Flight:
             headers = [h for h in headers if h[0] != b"host"]
             headers.append((b"host", plan.authority.encode("latin-1")))
         extra = self.extra
-        if model is not None and not any(h[0] == MODEL_HEADER.encode() for h in headers):
-            extra = [*extra, b"x-model-name: " + model.encode("latin-1")]
+        if model is not None:  # what routing used, not what the client may have claimed
+            headers = [h for h in headers if h[0] != _MODEL_HEADER]
+            extra = [*extra, _MODEL_HEADER + b": " + model.encode("latin-1")]
         return request_head(
             ex.method,
             plan.path.encode("latin-1"),

@@ -56,7 +56,11 @@ async def test_model_name_from_kserve_path_and_openai_body(tpki: Pki, tmp_path: 
     async with mesh_of(tpki, tmp_path, two_versions(), CANARY) as mesh, mesh.client() as client:
         host = {"host": "inference"}
         r = await asyncio.wait_for(
-            client.post("/v2/models/llama/versions/3/infer", headers=host, json={"inputs": []}),
+            client.post(
+                "/v2/models/llama/versions/3/infer",
+                headers={**host, "x-model-name": "claimed"},  # the path wins
+                json={"inputs": []},
+            ),
             10,
         )
         assert r.headers["x-served-by"] == "v2"
