@@ -117,6 +117,11 @@ class Flight:
         self.mirrored = False
         self.timer: asyncio.TimerHandle | None = None
 
+    @property
+    def upstream_host(self) -> str:
+        """The endpoint of the last attempt, for the access log ("-": none)."""
+        return self.tried[-1].address if self.tried else "-"
+
     # -- driver hooks ---------------------------------------------------------
 
     def on_body(self, ex: Exchange, body: bytes) -> bool:

@@ -160,7 +160,10 @@ class OutboundRouter:
         if listener.access_log is not None:
             from meshlet.proxy.access import log_access
 
-            upstream = str(endpoint.address) if endpoint is not None else "-"
+            if endpoint is not None:
+                upstream = str(endpoint.address)
+            else:
+                upstream = ex.ctl.upstream_host if ex.ctl is not None else "-"
             log_access(
                 listener, ex, reporter="source", duration_s=now - ex.started, upstream_host=upstream
             )
