@@ -273,7 +273,13 @@ def _measure(port: int, pids: list[int], a: argparse.Namespace, host: str) -> di
     res["rss_mib"] = [_rss_mib(p) for p in pids]
     res["peak_rss_mib"] = [_rss_mib(p, "VmHWM") for p in pids]
     if a.max_rate:
-        res["max_rate"] = _load(port, a, host, closed=True)["rate"]
+        before = [_cpu_s(p) for p in pids]
+        closed = _load(port, a, host, closed=True)
+        res["max_rate"] = closed["rate"]
+        # share of one core each proxy used while saturated
+        res["max_rate_cores"] = [
+            (_cpu_s(p) - b) / a.seconds for p, b in zip(pids, before, strict=True)
+        ]
     return res
 
 
@@ -363,6 +369,8 @@ def _fmt(
         line += "  rss " + "/".join(f"{m:4.1f}" for m in r["rss_mib"]) + " MiB"
     if "max_rate" in r:
         line += f"  max {r['max_rate']:7.0f} req/s"
+        if r.get("max_rate_cores"):
+            line += " using " + "/".join(f"{c:.2f}" for c in r["max_rate_cores"]) + " cores"
     if floor and base and name != "floor":
         f50 = floor["p50_ms"] - base["p50_ms"]
         ratio_lat = added50 / f50 if f50 > 0 else float("nan")
