@@ -12,6 +12,8 @@ Routes (by path prefix):
   /hang             never answers
   /close-delimited  body without length, ends by closing
   /ws               upgrade: 101, then echoes raw bytes
+  /then-reset       200, then the connection is reset when the next request arrives
+                    (a keep-alive connection the app dropped just as it was reused)
 Expect: 100-continue is answered with 100 before the body is read.
 """
 
@@ -49,6 +51,7 @@ class _AppProtocol(asyncio.Protocol):
         self.body_bytes = 0
         self.body: list[bytes] = []
         self.tunnel = False
+        self.reset_next = False
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -78,6 +81,9 @@ class _AppProtocol(asyncio.Protocol):
         assert self.transport is not None
         if self.tunnel:
             self.transport.write(data)
+            return
+        if self.reset_next:
+            self.transport.abort()
             return
         try:
             self.parser.feed_data(data)
@@ -128,6 +134,9 @@ class _AppProtocol(asyncio.Protocol):
             return
         if path == "/hello":
             self._respond(200, b"hello")
+        elif path == "/then-reset":
+            self.reset_next = True
+            self._respond(200, b"bye")
         elif path == "/headers":
             body = json.dumps(
                 {

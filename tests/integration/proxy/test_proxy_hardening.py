@@ -195,3 +195,16 @@ async def test_client_disconnect_mid_stream_releases_upstreams(pair: Pair) -> No
     assert pair.app.open == 0
     assert not pair.outbound.outbound_listener.upstreams  # type: ignore[union-attr]
     assert 'response_flags="DC"' in pair.out_metrics.render().decode()
+
+
+async def test_stale_pooled_connection_is_retried_once(pair: Pair) -> None:
+    async with httpx.AsyncClient(proxy=pair.proxy_url, timeout=T) as client:
+        first = await client.get("http://inference/then-reset")
+        # the inbound sidecar reuses its pooled app connection, which the app
+        # resets without answering: a body-less request is retried on a new one
+        second = await client.get("http://inference/hello")
+    assert first.status_code == 200
+    assert second.status_code == 200
+    assert second.text == "hello"
+    assert pair.app.connections == 2
+    assert pair.in_metrics.upstream_errors() == {}
