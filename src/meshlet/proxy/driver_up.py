@@ -283,6 +283,9 @@ class UpstreamConnection(asyncio.Protocol):
         conn = ex.conn
         if status < 200 and status != 101:
             # 100 Continue, 103 Early Hints: relayed; the final response follows.
+            # RFC 9110 §15.2: never to an HTTP/1.0 client, which cannot parse them.
+            if ex.version == b"1.0":
+                return
             conn.write(
                 response_head(
                     status,

@@ -146,3 +146,16 @@ async def test_websocket_upgrade_is_tunnelled(pair: Pair) -> None:
         assert echoed == message
     writer.close()
     assert pair.in_metrics.request_count(response_code=101) == 1
+
+
+async def test_no_interim_response_for_an_http10_client(pair: Pair) -> None:
+    reader, writer = await _open(pair)
+    writer.write(
+        b"POST /count HTTP/1.0\r\nhost: inference\r\ncontent-length: 5\r\n"
+        b"expect: 100-continue\r\n\r\nhello"
+    )
+    data = await asyncio.wait_for(reader.read(), T)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200")
+    assert b"100 Continue" not in data
+    assert data.endswith(b'{"bytes": 5}')
