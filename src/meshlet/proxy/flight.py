@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["DISCARD_BYTES", "Flight"]
 
 _MODEL_HEADER = MODEL_HEADER.encode("ascii")
+# Sidecar refusals also counted in meshlet_upstream_errors_total{kind=...}.
+_COUNTED = frozenset({"overflow", "shed", "no_healthy_upstream"})
 
 logger = logging.getLogger("meshlet.proxy.routing")  # one logger name for routing events
 
@@ -537,6 +539,8 @@ class Flight:
         ex = self.ex
         if ex.ended:
             return
+        if r.error in _COUNTED:  # breaker overflows and sheds, by kind
+            self.traffic.listener.metrics.upstream_error(r.error)
         if self.rt is not None and self in self.rt.waiting:
             self.rt.waiting.remove(self)
             self.rt.state.limits.dequeued()

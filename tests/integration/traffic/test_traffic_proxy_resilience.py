@@ -101,6 +101,7 @@ async def test_pending_overflow_is_503_and_mesh_stays_up(tpki: Pki, tmp_path: Pa
         refused = [r for r in replies if r.status_code == 503]
         assert all(r.headers["x-meshlet-error"] == "overflow" for r in refused)
         assert "http1_max_pending_requests" in refused[0].text
+        assert mesh.metrics.upstream_errors()["overflow"] == 4
         slow.delay_s = 0.0
         r = await asyncio.wait_for(client.get("/", headers=host), 5)
         assert r.status_code == 200
