@@ -127,7 +127,8 @@ def _check_extensions(text: bytes, status_hint: int) -> None:
         start = index
         while index < end and text[index] in _TCHAR_SET:
             index += 1
-        if index == start:
+        if index == start == end:
+            # llhttp allows an empty name (`;=x`, `;;`) but not a trailing `;`.
             raise _bad("invalid chunk extension name", status_hint)
         if index < end and text[index] == 0x3D:  # '='
             index += 1
