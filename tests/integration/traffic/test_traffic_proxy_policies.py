@@ -155,7 +155,7 @@ async def test_sheddable_gets_429_when_pool_is_full_critical_waits(
         t0 = time.perf_counter()
         shed = await asyncio.wait_for(client.post("/v2/models/batch/infer", headers=HOST), 5)
         assert shed.status_code == 429
-        assert time.perf_counter() - t0 < 0.3  # at once, not after the slot frees
+        assert time.perf_counter() - t0 < 0.5  # at once, not after the slot frees (0.6 s)
         critical = await asyncio.wait_for(client.post("/v2/models/chat/infer", headers=HOST), 5)
         assert critical.status_code == 200  # queued for the slot, then served
         assert (await asyncio.wait_for(first, 5)).status_code == 200

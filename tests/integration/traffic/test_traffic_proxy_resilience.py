@@ -60,7 +60,9 @@ async def test_5xx_burst_ejects_then_endpoint_returns(tpki: Pki, tmp_path: Path)
         assert bad.hits == 3
         assert good.hits == 29
         bad.status = 200
-        await asyncio.sleep(2.7)  # baseEjectionTime x 1, then the next 500 ms sweep
+        # baseEjectionTime x 1, then the next 500 ms detector sweep, read on the
+        # sidecar's coarse clock (refreshed every 500 ms here): 3.5 s is enough.
+        await asyncio.sleep(3.5)
         counts = await send_many(client, 20, concurrency=1)
         assert counts["bad"] >= 5, counts
 
@@ -128,7 +130,9 @@ async def test_hanging_mirror_never_slows_the_caller(tpki: Pki, tmp_path: Path) 
             assert r.status_code == 200
             assert r.headers["x-served-by"] == "main"
         assert main.hits == 30
-        assert slowest < 0.5, slowest  # the shadow never answers
+        # The shadow never answers (its copies are cut after 5 s): a caller that
+        # waited on it would take 5 s; 2 s leaves room for a loaded machine.
+        assert slowest < 2.0, slowest
         for _ in range(100):  # the copies arrive in the background
             if shadow.hits:
                 break
