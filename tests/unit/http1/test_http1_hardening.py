@@ -223,3 +223,6 @@ def test_default_limits_accept_a_large_realistic_head(adapter: Adapter) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         ServerCodec(adapter=adapter).feed(_head(101))
     assert info.value.status_hint == 431
+    with pytest.raises(RemoteProtocolError) as info:
+        ServerCodec(adapter=adapter).feed(_head(70, b"z" * 1000))  # ~70 KiB of fields
+    assert info.value.status_hint == 431
