@@ -99,25 +99,25 @@ class ServerCodec:
 
     def send(self, event: Event) -> bytes:
         """Bytes for ``event``, or LocalProtocolError if it may not be sent now."""
-        kind = type(event)
-        if kind is Data:
+        # Most frequent first: body pieces, then ends, then heads.
+        if isinstance(event, Data):
             if self._body is None:
                 raise LocalProtocolError("Data before a response head")
-            return self._body.data(event.data)  # type: ignore[union-attr]
-        if kind is EndOfMessage:
-            return self._end(event)  # type: ignore[arg-type]
-        if kind is Response:
-            return self._response(event)  # type: ignore[arg-type]
-        if kind is InformationalResponse:
-            return self._informational(event)  # type: ignore[arg-type]
-        if kind is Passthrough:
+            return self._body.data(event.data)
+        if isinstance(event, EndOfMessage):
+            return self._end(event)
+        if isinstance(event, Response):
+            return self._response(event)
+        if isinstance(event, InformationalResponse):
+            return self._informational(event)
+        if isinstance(event, Passthrough):
             if not self._switched:
                 raise LocalProtocolError("Passthrough before a protocol switch")
-            return event.data  # type: ignore[union-attr]
-        if kind is ConnectionClosed:
+            return event.data
+        if isinstance(event, ConnectionClosed):
             self._keep_alive = False
             return b""
-        raise LocalProtocolError(f"a server does not send {kind.__name__}")
+        raise LocalProtocolError(f"a server does not send {type(event).__name__}")
 
     def _current(self) -> Framing:
         framings = self._parser.framings
@@ -258,28 +258,27 @@ class ClientCodec:
 
     def send(self, event: Event) -> bytes:
         """Bytes for ``event``, or LocalProtocolError if it may not be sent now."""
-        kind = type(event)
-        if kind is Data:
+        if isinstance(event, Data):
             if self._body is None:
                 raise LocalProtocolError("Data before a request head")
-            return self._body.data(event.data)  # type: ignore[union-attr]
-        if kind is EndOfMessage:
+            return self._body.data(event.data)
+        if isinstance(event, EndOfMessage):
             body = self._body
             if body is None:
                 raise LocalProtocolError("EndOfMessage before a request head")
-            out = body.end(event.trailers)  # type: ignore[union-attr]
+            out = body.end(event.trailers)
             self._body = None
             return out
-        if kind is Request:
-            return self._request(event)  # type: ignore[arg-type]
-        if kind is Passthrough:
+        if isinstance(event, Request):
+            return self._request(event)
+        if isinstance(event, Passthrough):
             if not self._switched:
                 raise LocalProtocolError("Passthrough before a protocol switch")
-            return event.data  # type: ignore[union-attr]
-        if kind is ConnectionClosed:
+            return event.data
+        if isinstance(event, ConnectionClosed):
             self._keep_alive = False
             return b""
-        raise LocalProtocolError(f"a client does not send {kind.__name__}")
+        raise LocalProtocolError(f"a client does not send {type(event).__name__}")
 
     def _request(self, event: Request) -> bytes:
         if self._body is not None or self._awaiting or self._switched:
