@@ -52,7 +52,15 @@ class ServerCodec:
     ``resume()`` to get the events of bytes that arrived behind that request.
     """
 
-    __slots__ = ("_answered", "_body", "_errored", "_keep_alive", "_parser", "_switched")
+    __slots__ = (
+        "_answered",
+        "_body",
+        "_done",
+        "_errored",
+        "_keep_alive",
+        "_parser",
+        "_switched",
+    )
 
     def __init__(self, *, limits: Limits = DEFAULT_LIMITS, adapter: Adapter = HTTPTOOLS) -> None:
         self._parser: RequestParser = adapter.request_parser(limits)
@@ -61,6 +69,8 @@ class ServerCodec:
         self._errored = False
         self._switched = False
         self._answered = 0
+        # The last response the connection can carry has been sent.
+        self._done = False
 
     @property
     def keep_alive(self) -> bool:
@@ -81,12 +91,18 @@ class ServerCodec:
         """Events parsed from ``data``; ``b""`` means the peer closed (EOF)."""
         if self._switched:
             return [Passthrough(data)] if data else [ConnectionClosed()]
+        framings = self._parser.framings
+        seen = len(framings)
         try:
             if not data:
                 self._keep_alive = False
                 return self._parser.feed_eof()
             return self._parser.feed(data)
         except RemoteProtocolError:
+            # The events of this feed are lost with the exception: forget the
+            # requests in it too, so the error response answers no unseen request.
+            while len(framings) > seen:
+                framings.pop()
             self._keep_alive = False
             self._errored = True
             raise
@@ -128,7 +144,7 @@ class ServerCodec:
         raise LocalProtocolError("no request to answer")
 
     def _informational(self, event: InformationalResponse) -> bytes:
-        if self._body is not None or self._switched:
+        if self._body is not None or self._switched or self._done:
             raise LocalProtocolError("1xx after the final response head")
         framing = self._current()
         head = informational_head(event)
@@ -143,6 +159,8 @@ class ServerCodec:
         return head
 
     def _response(self, event: Response) -> bytes:
+        if self._done:
+            raise LocalProtocolError("the connection is closing")
         if self._body is not None or self._switched:
             raise LocalProtocolError("a response head was already sent")
         framing = self._current()
@@ -172,6 +190,7 @@ class ServerCodec:
             # Answered before the request body ended: what is left of it would be
             # read as the next request, so this connection cannot be reused.
             self._keep_alive = False
+        self._done = not self._keep_alive
         return out
 
 

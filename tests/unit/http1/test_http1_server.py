@@ -292,3 +292,24 @@ def test_events_in_the_wrong_order_are_refused(adapter: Adapter) -> None:
         codec.send(Response(status=200, headers=[]))
     with pytest.raises(LocalProtocolError):
         codec.send(InformationalResponse(status=100, headers=[]))
+
+
+def test_nothing_is_answered_after_a_closing_response(adapter: Adapter) -> None:
+    codec = ServerCodec(adapter=adapter)
+    codec.feed(GET + GET)
+    codec.send(Response(status=200, headers=[(b"content-length", b"0"), (b"connection", b"close")]))
+    codec.send(EndOfMessage())
+    assert not codec.keep_alive
+    with pytest.raises(LocalProtocolError, match="closing"):
+        codec.send(Response(status=200, headers=[]))
+
+
+def test_a_parse_error_forgets_the_requests_of_that_feed(adapter: Adapter) -> None:
+    codec = ServerCodec(adapter=adapter)
+    with pytest.raises(RemoteProtocolError):
+        codec.feed(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n")
+    # The error response answers no HEAD the driver never saw: it may carry a body.
+    codec.send(Response(status=400, headers=[(b"content-length", b"3")]))
+    assert codec.send(Data(b"bad")) == b"bad"
+    codec.send(EndOfMessage())
+    assert not codec.keep_alive
