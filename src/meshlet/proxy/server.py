@@ -559,6 +559,14 @@ class ProxyServer:
         for tcp in self._tcp:
             await tcp.close()
         await asyncio.sleep(0)  # let transports run their connection_lost
+        # Flush what the request path queued: a ``--workers`` child ends with
+        # os._exit, which skips atexit, so the audit and access logs are drained
+        # here rather than at interpreter exit.
+        gate_close = getattr(self._gate, "close", None)
+        if gate_close is not None:
+            gate_close()
+        if self.access_log is not None:
+            self.access_log.close()
 
     # -- introspection --------------------------------------------------------
 
