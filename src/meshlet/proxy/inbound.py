@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from meshlet.policy.attributes import normalize_path
 from meshlet.proxy import rescue as rescues
 from meshlet.proxy.exchange import CHUNKED, Exchange
 from meshlet.proxy.heads import request_head
@@ -18,7 +19,30 @@ from meshlet.proxy.hooks import GateVerdict, InboundGate, RequestInfo
 from meshlet.proxy.outbound import split_host
 from meshlet.proxy.pool import EndpointPool
 
-__all__ = ["InboundRouter"]
+__all__ = ["InboundRouter", "normalize_target"]
+
+
+def normalize_target(target: bytes) -> bytes | None:
+    """The origin-form target with its path normalized as Istio's default
+    ``pathNormalization: BASE`` does (Envoy's ``normalize_path``): backslashes
+    become slashes, escaped unreserved characters are decoded, other escapes get
+    upper-case hex, dot segments are removed; the query is kept as sent. None
+    when the path holds ``%00``, which Istio always refuses with 400.
+
+    The policy gate and the app then see the same path: a rule on
+    ``/v2/models/*`` cannot be satisfied by ``/v2/models/../admin`` while the app
+    resolves it to ``/admin`` (CVE-2021-31920's class of bypass)."""
+    q = target.find(b"?")
+    path, query = (target, b"") if q < 0 else (target[:q], target[q:])
+    # Only '.' (dot segments, RFC 3986 §5.2.4), '%' (escapes, §6.2.2) and '\\'
+    # (Envoy turns backslashes into slashes) can change a path; most inference
+    # paths (/v2/models/m/infer, /v1/chat/completions) hold none of them.
+    if b"." not in path and b"%" not in path and b"\\" not in path:
+        return target  # the common case: three byte scans, no allocation
+    if b"%00" in path:
+        return None
+    text = path.decode("latin-1").replace("\\", "/")
+    return normalize_path(text).encode("latin-1") + query
 
 
 def _gate_headers(ex: Exchange) -> list[tuple[bytes, bytes]]:
@@ -65,7 +89,14 @@ class InboundRouter:
                 return
             slash = ex.target.find(b"/", 7)
             ex.target = ex.target[slash:] if slash >= 0 else b"/"
-        ex.path = ex.target
+        target = normalize_target(ex.target)
+        if target is None:
+            conn.respond_rescue(
+                ex, rescues.rescue(400, "bad_target", "NR", "path holds %00", close=True)
+            )
+            return
+        ex.target = target
+        ex.path = target
         ex.src_principal = conn.principal or "unknown"
         ex.dst_principal = self.local_principal()
         ex.service = split_host(ex.host).decode("ascii", "replace") or "unknown"
