@@ -2,7 +2,7 @@
 
 meshlet is a mesh, so only the GAMMA attachment is meaningful: ``parentRefs``
 of kind Service (core group). Routes are translated into the Istio-shaped
-routing model of ``config/istio_networking.py`` with ``Precedence.SPECIFICITY``
+routing model of ``config/routing.py`` with ``Precedence.SPECIFICITY``
 so the engine applies Gateway API's precedence rules instead of list order.
 """
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from meshlet.config.durations import parse_duration
-from meshlet.config.istio_networking import Duration, Metadata, route_annotations
+from meshlet.config.istio_schema import Duration, Metadata, route_annotations
 from meshlet.config.routing import (
     NO_RETRY,
     BackendKind,

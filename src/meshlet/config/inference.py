@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from meshlet.config.istio_networking import Metadata
+from meshlet.config.istio_schema import Metadata
 from meshlet.config.source import Document
 from meshlet.config.validation import problems_from
 from meshlet.errors import ConfigError

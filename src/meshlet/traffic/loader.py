@@ -21,7 +21,8 @@ from meshlet.config.inference import (
     load_inference_objective,
     load_inference_pool,
 )
-from meshlet.config.istio_networking import load_destination_rule, load_virtual_service
+from meshlet.config.istio_destination_rule import load_destination_rule
+from meshlet.config.istio_networking import load_virtual_service
 from meshlet.config.routing import DestinationPolicy, HostRoutes
 from meshlet.config.source import Document, load_paths
 from meshlet.errors import ConfigError
