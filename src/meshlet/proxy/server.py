@@ -138,6 +138,8 @@ class ProxyServer:
                 raise ConfigError("inbound.policies: not supported in this build") from exc
             self._gate = authz.build_gate(cfg, clock=self.clock)
         self.reload_identity()
+        workload = self.workload  # unset fields come from the SVID just loaded
+        self.metrics.fill_workload(workload=workload.name or "", namespace=workload.namespace or "")
         given = dict(sockets or {})
         loop = asyncio.get_running_loop()
         if cfg.outbound is not None:

@@ -108,6 +108,15 @@ class GoldenMetrics:
         self._overflowed = 0
         self._outstanding: Callable[[], Iterable[tuple[str, str, int]]] | None = None
 
+    def fill_workload(self, *, workload: str, namespace: str) -> None:
+        """Name the local workload where the constructor left it unknown: a
+        sidecar whose bootstrap omits ``workload`` learns its name and namespace
+        from its SVID, which is loaded only when the server starts."""
+        if self._workload == _UNKNOWN and workload:
+            self._workload = workload
+        if self._namespace == _UNKNOWN and namespace:
+            self._namespace = namespace
+
     # -- hot path -----------------------------------------------------------
 
     def request(

@@ -1,0 +1,92 @@
+"""Real ``meshlet proxy`` processes whose bootstraps name no workload: the metric
+labels for the local workload come from each sidecar's SVID, on the source
+reporter's series (outbound) and the destination reporter's (inbound)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.integration.proxy.conftest import CLIENT_ID, SERVER_ID, Pki
+from tests.integration.proxy.proxy_app import start_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+T = 20.0
+
+
+async def _start(config: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meshlet",
+        "proxy",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), T)
+    if not line:
+        err = await proc.stderr.read() if proc.stderr else b""
+        raise AssertionError(f"proxy did not start: {err.decode()}")
+    return proc, json.loads(line)
+
+
+def _series(text: str, name: str, reporter: str) -> list[str]:
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(name + "{") and f'reporter="{reporter}"' in line
+    ]
+
+
+async def test_workload_labels_come_from_the_svid(pki: Pki, tmp_path: Path) -> None:
+    app, stats, app_port = await start_app()
+    server, client = pki.files(SERVER_ID, "server"), pki.files(CLIENT_ID, "client")
+    (tmp_path / "in.yaml").write_text(
+        f"identity: {{cert: {server.cert}, key: {server.key}, bundle: {server.bundle}}}\n"
+        "admin: '127.0.0.1:0'\n"
+        f"inbound: {{listen: '127.0.0.1:0', app: '127.0.0.1:{app_port}'}}\n"
+    )
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        inbound, ready_in = await _start(tmp_path / "in.yaml")
+        procs.append(inbound)
+        (tmp_path / "out.yaml").write_text(
+            f"identity: {{cert: {client.cert}, key: {client.key}, bundle: {client.bundle}}}\n"
+            "admin: '127.0.0.1:0'\n"
+            "outbound:\n  listen: '127.0.0.1:0'\n  services:\n    inference:\n"
+            f"      endpoints: [{{address: '{ready_in['inbound']}', identity: '{SERVER_ID}'}}]\n"
+        )
+        outbound, ready_out = await _start(tmp_path / "out.yaml")
+        procs.append(outbound)
+        async with httpx.AsyncClient(proxy=f"http://{ready_out['outbound']}", timeout=T) as c:
+            assert (await c.get("http://inference/hello")).status_code == 200
+        async with httpx.AsyncClient(timeout=T) as c:
+            out_text = (await c.get(f"http://{ready_out['admin']}/stats/prometheus")).text
+            in_text = (await c.get(f"http://{ready_in['admin']}/stats/prometheus")).text
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(p.wait(), T)
+                except TimeoutError:
+                    p.kill()
+                    await p.wait()
+        app.close()
+        stats.close_all()
+    (source,) = _series(out_text, "istio_requests_total", "source")
+    assert 'source_workload="client"' in source
+    assert 'source_workload_namespace="apps"' in source
+    assert 'destination_workload_namespace="ml"' in source  # from the peer's principal
+    (destination,) = _series(in_text, "istio_requests_total", "destination")
+    assert 'destination_workload="inference"' in destination
+    assert 'destination_workload_namespace="ml"' in destination
+    assert 'source_workload_namespace="apps"' in destination
