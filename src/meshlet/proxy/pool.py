@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from meshlet.config.bootstrap import Address
 from meshlet.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
@@ -186,9 +186,15 @@ class Cluster:
     P2C over peak-EWMA latency x outstanding (Linkerd's default balancer), fed the
     time to response head of every request. Routed hosts (``outbound.routing``)
     use per-subset state in ``meshlet.proxy.routing`` instead; this is the
-    unrouted fast path."""
+    unrouted fast path.
 
-    __slots__ = ("_by_key", "endpoints", "name", "picker", "protocol")
+    A cluster of one endpoint (the common sidecar case: one Service VIP, or one
+    replica) has nothing to choose, so it skips P2C and its latency estimate and
+    keeps only the in-flight count that ``meshlet_endpoint_outstanding_requests``
+    reports."""
+
+    __slots__ = ("_by_key", "_single", "_single_outstanding", "endpoints", "name", "picker",
+                 "protocol")  # fmt: skip
 
     def __init__(self, *, name: str, protocol: str, endpoints: tuple[EndpointPool, ...]) -> None:
         if not endpoints:
@@ -200,21 +206,35 @@ class Cluster:
             pool.owner = self
         self._by_key = {p.key: p for p in reversed(endpoints)}  # first pool wins
         self.picker = P2CEwma([p.key for p in endpoints])
+        self._single = endpoints[0] if len(endpoints) == 1 else None
+        self._single_outstanding = 0
 
     def pool_for(self, endpoint: Endpoint) -> EndpointPool | None:
         return self._by_key.get(endpoint)
 
     def pick(self, now: float, rng: RandomSource) -> EndpointPool:
         """An endpoint; counts as outstanding until ``on_result``."""
-        endpoints = self.endpoints
+        single = self._single
+        if single is not None:
+            self._single_outstanding += 1
+            return single
         chosen = self.picker.pick(now, rng)
-        if len(endpoints) == 1 or chosen is None:
-            return endpoints[0]
-        return self._by_key[chosen]
+        return self.endpoints[0] if chosen is None else self._by_key[chosen]
 
     def on_result(self, endpoint: EndpointPool, latency_s: float, status: int, now: float) -> None:
         """The request sent to ``endpoint`` ended (``status`` 0: no response)."""
+        if self._single is not None:
+            if self._single_outstanding > 0:
+                self._single_outstanding -= 1
+            return
         self.picker.on_result(endpoint.key, latency_s, status, now)
+
+    def outstanding(self) -> Mapping[str, int]:
+        """In-flight requests per endpoint address, for metrics."""
+        single = self._single
+        if single is not None:
+            return {single.key.address: self._single_outstanding}
+        return self.picker.outstanding()
 
     def close(self) -> None:
         for endpoint in self.endpoints:

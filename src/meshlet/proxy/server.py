@@ -217,7 +217,7 @@ class ProxyServer:
     def _outstanding(self) -> Iterator[tuple[str, str, int]]:
         """(cluster, endpoint, in-flight) for ``meshlet_endpoint_outstanding_requests``."""
         for cluster in self._clusters:
-            for address, n in cluster.picker.outstanding().items():
+            for address, n in cluster.outstanding().items():
                 yield cluster.name, address, n
         router = self.outbound_listener.router if self.outbound_listener else None
         if isinstance(router, OutboundRouter) and router.traffic is not None:
