@@ -26,10 +26,10 @@ from urllib.parse import urlencode
 
 import uvloop
 
-from meshlet.control.server import DEFAULT_POLL_S, ControlServer, control_spiffe_id
+from meshlet.control.server import DEFAULT_POLL_S, ControlServer
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
-from meshlet.proxy.dynamic import ControlClient
+from meshlet.proxy.control_client import ControlClient
 
 TD = "bench.local"
 
@@ -68,7 +68,7 @@ class Watcher:
     def __init__(self, index: int, url: str, bundle: bytes, cert: tuple[Path, Path]) -> None:
         self.proxy_id = f"frontend-{index:04d}"
         self.client = ControlClient(
-            url=url, bundle_pem=bundle, control_id=str(control_spiffe_id(TD)), cert=cert
+            url=url, bundle_pem=bundle, control_id=str(SpiffeId.control_plane(TD)), cert=cert
         )
         self.seen = ""
         self.versions: asyncio.Queue[str] = asyncio.Queue()

@@ -100,7 +100,8 @@ def run_dynamic_proxy(args: argparse.Namespace) -> int:
     """``meshlet proxy --control ...``: build the settings and run the sidecar."""
     from meshlet.config.bootstrap import parse_address
     from meshlet.errors import ConfigError
-    from meshlet.proxy.dynamic import DynamicSettings, run_dynamic
+    from meshlet.proxy.dynamic import run_dynamic
+    from meshlet.proxy.dynamic_config import DynamicSettings
 
     if args.control is None:
         raise ConfigError("give --config FILE (static bootstrap) or --control URL (dynamic)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from meshlet.config.bootstrap import Address
 from meshlet.errors import ConfigError
 from meshlet.identity.ca import CertificateAuthority
+from meshlet.identity.spiffeid import SpiffeId
 
 __all__ = ["bind", "run_control", "serve_control"]
 
@@ -59,7 +60,7 @@ async def serve_control(
     hold_s: float | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    from meshlet.control.server import ControlServer, control_spiffe_id
+    from meshlet.control.server import ControlServer
 
     ca = CertificateAuthority.load(ca_dir)
     server = ControlServer(config_dir=config_dir, ca=ca)
@@ -78,7 +79,7 @@ async def serve_control(
     line = {
         "event": "ready",
         "listen": f"{address[0]}:{address[1]}" if address else None,
-        "spiffe_id": str(control_spiffe_id(ca.trust_domain)),
+        "spiffe_id": str(SpiffeId.control_plane(ca.trust_domain)),
         "config_digest": server.store.current.digest,
     }
     sys.stdout.write(json.dumps(line) + "\n")

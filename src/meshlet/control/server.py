@@ -47,12 +47,10 @@ from meshlet.errors import ConfigError, IdentityError
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
 
-__all__ = ["CONTROL_NAMESPACE", "CONTROL_SERVICE_ACCOUNT", "ControlServer", "control_spiffe_id"]
+__all__ = ["ControlServer"]
 
 logger = logging.getLogger(__name__)
 
-CONTROL_NAMESPACE = "meshlet-system"  # Istio's istiod runs in istio-system
-CONTROL_SERVICE_ACCOUNT = "control"
 # A held watch is answered with 204 after this; proxies re-poll at once. Short
 # enough that a dead TCP path is noticed by the proxy within it.
 DEFAULT_HOLD_S = 15.0
@@ -65,13 +63,6 @@ DEFAULT_POLL_S = 0.25
 DEFAULT_RESYNC_GRACE_S = 5.0
 # The control plane's own certificate; it re-issues itself at half-life.
 CONTROL_SVID_TTL_S = 24 * 3600.0
-
-
-def control_spiffe_id(trust_domain: str) -> SpiffeId:
-    """What proxies expect the control plane to present."""
-    return SpiffeId.parse(
-        f"spiffe://{trust_domain}/ns/{CONTROL_NAMESPACE}/sa/{CONTROL_SERVICE_ACCOUNT}"
-    )
 
 
 class ControlServer:
@@ -179,7 +170,7 @@ class ControlServer:
     def _load_own_svid(self, ctx: ssl.SSLContext) -> None:
         now = self.clock.wall()
         ttl = self.svid_ttl_s or CONTROL_SVID_TTL_S
-        issued = self.ca.issue(control_spiffe_id(self.ca.trust_domain), now=now, ttl_s=ttl)
+        issued = self.ca.issue(SpiffeId.control_plane(self.ca.trust_domain), now=now, ttl_s=ttl)
         outdir = self.ca.directory / "control"
         issued.write(outdir)  # key 0600, like every key meshlet writes
         # load_cert_chain on a live context: new handshakes get the new certificate.

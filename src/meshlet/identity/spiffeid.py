@@ -23,10 +23,22 @@ from dataclasses import dataclass
 
 from meshlet.errors import IdentityError
 
-__all__ = ["MAX_ID_BYTES", "MAX_TRUST_DOMAIN_BYTES", "SpiffeId", "validate_trust_domain"]
+__all__ = [
+    "CONTROL_PLANE_NAMESPACE",
+    "CONTROL_PLANE_SERVICE_ACCOUNT",
+    "MAX_ID_BYTES",
+    "MAX_TRUST_DOMAIN_BYTES",
+    "SpiffeId",
+    "validate_trust_domain",
+]
 
 MAX_ID_BYTES = 2048  # SPIFFE-ID.md §2.3
 MAX_TRUST_DOMAIN_BYTES = 255  # SPIFFE-ID.md §2.3 (a DNS name's limit)
+# The control plane's own identity, ``spiffe://<td>/ns/meshlet-system/sa/control``:
+# the control plane presents it and every dynamic proxy pins it. It is defined
+# here because those two sides may not import each other.
+CONTROL_PLANE_NAMESPACE = "meshlet-system"  # Istio's istiod runs in istio-system
+CONTROL_PLANE_SERVICE_ACCOUNT = "control"
 _SCHEME = "spiffe://"
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -122,6 +134,13 @@ class SpiffeId:
     def for_workload(cls, trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
         """``spiffe://<td>/ns/<namespace>/sa/<service_account>`` (Istio's shape)."""
         return cls(trust_domain=trust_domain, path=f"/ns/{namespace}/sa/{service_account}")
+
+    @classmethod
+    def control_plane(cls, trust_domain: str) -> SpiffeId:
+        """What the control plane presents and proxies expect of it."""
+        return cls.for_workload(
+            trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT
+        )
 
     @property
     def namespace(self) -> str | None:

@@ -20,7 +20,9 @@ The sidecar gets everything from the control plane instead of a bootstrap file:
 
 The control plane is authenticated by the trust bundle (``--bundle``, or the
 one already in the state directory) and must present
-``spiffe://<trust-domain>/ns/meshlet-system/sa/control``.
+``spiffe://<trust-domain>/ns/meshlet-system/sa/control``
+(``SpiffeId.control_plane``). The HTTPS client is ``control_client``; the
+snapshot merge is ``dynamic_config``; this module is the driver.
 """
 
 from __future__ import annotations
@@ -31,151 +33,25 @@ import json
 import logging
 import os
 import secrets
-import ssl
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import jwt
 
 from meshlet.clock import Clock, MonotonicClock
-from meshlet.config.bootstrap import Address, BootstrapConfig, parse_bootstrap
-from meshlet.config.source import Document
+from meshlet.config.bootstrap import BootstrapConfig, IdentityFiles
 from meshlet.errors import ConfigError, IdentityError, MeshError, ProtocolError
-from meshlet.http1.codec import ClientCodec
-from meshlet.http1.events import Data, EndOfMessage, Request, Response
 from meshlet.identity.pemfiles import write_atomic
 from meshlet.identity.renewal import Credential, Renewer
 from meshlet.identity.spiffeid import SpiffeId
-from meshlet.identity.x509 import make_csr, spiffe_id_from_cert_der
+from meshlet.identity.x509 import make_csr
+from meshlet.proxy.control_client import WATCH_TIMEOUT_S, ControlClient, backoff_s, error_text
+from meshlet.proxy.dynamic_config import DynamicSettings, snapshot_config
 
-__all__ = ["ControlClient", "DynamicProxy", "DynamicSettings", "run_dynamic"]
+__all__ = ["DynamicProxy", "run_dynamic"]
 
 logger = logging.getLogger(__name__)
-
-CONTROL_PATH = "/ns/meshlet-system/sa/control"  # mirrors meshlet.control.server
-# Reconnect backoff: first retry soon (a control-plane restart takes a second or
-# two), capped low so a returning control plane is found within 2 s (its resync
-# grace period is sized to this cap).
-BACKOFF_INITIAL_S = 0.1
-BACKOFF_MAX_S = 2.0
-# A watch is held by the server for up to its hold time (15 s); wait a little longer.
-WATCH_TIMEOUT_S = 30.0
-CALL_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DynamicSettings:
-    """What only the sidecar's own machine knows; the rest comes from snapshots."""
-
-    control: str  # https://host:port
-    workload: str
-    token: str | None
-    state_dir: Path
-    bundle: Path | None  # trust bundle for the first contact
-    inbound: Address
-    outbound: Address
-    app: Address | None  # default: 127.0.0.1:<the port mesh.yaml names>
-    admin: Address | None
-    advertise: str | None = None  # host to register instead of the bound one
-
-
-def _backoff(attempt: int) -> float:
-    base: float = min(BACKOFF_INITIAL_S * 2.0 ** min(attempt, 30), BACKOFF_MAX_S)
-    return base / 2 + secrets.randbelow(1000) / 1000 * base / 2  # "equal jitter"
-
-
-class ControlClient:
-    """One keep-alive HTTPS connection to the control plane, one call at a time."""
-
-    def __init__(
-        self, *, url: str, bundle_pem: bytes, control_id: str, cert: tuple[Path, Path] | None
-    ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ConfigError(f"--control must be an https://host:port URL, got {url!r}")
-        self.host, self.port = parts.hostname, parts.port or 15012
-        self.control_id = control_id
-        self._bundle_pem = bundle_pem
-        self._cert = cert
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientCodec] | None = None
-        self._lock = asyncio.Lock()
-        self._stale = False
-
-    def _context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.check_hostname = False  # SPIFFE: the identity is the URI SAN, checked below
-        ctx.load_verify_locations(cadata=self._bundle_pem.decode())
-        if self._cert is not None:
-            ctx.load_cert_chain(*self._cert)
-        return ctx
-
-    def use(self, *, bundle_pem: bytes, cert: tuple[Path, Path] | None) -> None:
-        """New trust or a renewed certificate: the next call reconnects with them
-        (a call in flight, such as a held watch, finishes on the old connection)."""
-        self._bundle_pem, self._cert = bundle_pem, cert
-        self._stale = True
-
-    def reset(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientCodec]:
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self._context(), server_hostname=self.host
-        )
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        peer = str(spiffe_id_from_cert_der(der)) if der else None
-        if peer != self.control_id:
-            writer.close()
-            raise IdentityError(f"control plane presented {peer}, expected {self.control_id}")
-        return reader, writer, ClientCodec()
-
-    async def call(
-        self, method: str, target: str, payload: Any = None, *, timeout_s: float = CALL_TIMEOUT_S
-    ) -> tuple[int, bytes]:
-        """One request; OSError/TimeoutError/ProtocolError when the link is broken."""
-        async with self._lock:
-            if self._stale:
-                self.reset()
-                self._stale = False
-            try:
-                return await asyncio.wait_for(self._call(method, target, payload), timeout_s)
-            except BaseException:
-                self.reset()  # never reuse a connection in an unknown state
-                raise
-
-    async def _call(self, method: str, target: str, payload: Any) -> tuple[int, bytes]:
-        if self._conn is None:
-            self._conn = await self._connect()
-        reader, writer, codec = self._conn
-        body = b"" if payload is None else json.dumps(payload).encode()
-        headers = [(b"host", self.host.encode()), (b"content-length", str(len(body)).encode())]
-        if body:
-            headers.append((b"content-type", b"application/json"))
-        out = codec.send(Request(method=method.encode(), target=target.encode(), headers=headers))
-        if body:
-            out += codec.send(Data(body))
-        writer.write(out + codec.send(EndOfMessage()))
-        await writer.drain()
-        status, data = 0, bytearray()
-        while True:
-            chunk = await reader.read(65536)
-            for event in codec.feed(chunk):
-                if isinstance(event, Response):
-                    status = event.status
-                elif isinstance(event, Data):
-                    data += event.data
-                elif isinstance(event, EndOfMessage):
-                    if not codec.keep_alive:
-                        self.reset()
-                    return status, bytes(data)
-            if not chunk:
-                raise ProtocolError("control plane closed the connection mid-response")
 
 
 class DynamicProxy:
@@ -259,7 +135,7 @@ class DynamicProxy:
         finally:
             client.reset()
         if status != 200:
-            raise IdentityError(f"control plane refused the CSR ({status}): {_error(body)}")
+            raise IdentityError(f"control plane refused the CSR ({status}): {error_text(body)}")
         answer = json.loads(body)
         chain = answer["cert_chain"].encode()
         cred = Credential.from_pem(chain, key_pem)
@@ -277,43 +153,9 @@ class DynamicProxy:
     # -- snapshots --------------------------------------------------------------------
 
     def build_config(self, snapshot: dict[str, Any]) -> BootstrapConfig:
-        """Merge a snapshot with the local settings and validate it like a
-        bootstrap file; ConfigError says what is wrong (the NACK reason)."""
-        s = self.settings
-        data: dict[str, Any] = json.loads(json.dumps(snapshot["bootstrap"]))
-        data["identity"] = {
-            "cert": str(self.cert_path),
-            "key": str(self.key_path),
-            "bundle": str(self.bundle_path),
-        }
-        data["admin"] = str(s.admin) if s.admin is not None else None
-        data.setdefault("outbound", {})["listen"] = str(s.outbound)
-        version = str(snapshot["version"])
-        if "inbound" in data:
-            data["inbound"]["listen"] = str(s.inbound)
-            if s.app is not None:
-                data["inbound"]["app"] = str(s.app)
-            elif "app" not in data["inbound"]:
-                raise ConfigError("no app address: pass --app (mesh.yaml names no port)")
-            if snapshot.get("policies"):
-                data["inbound"]["policies"] = [
-                    str(self._write_documents("policies", snapshot["policies"]))
-                ]
-        if snapshot.get("routing"):
-            data["outbound"]["routing"] = [
-                str(self._write_documents("routing", snapshot["routing"]))
-            ]
-        return parse_bootstrap(Document(data=data, file=f"<snapshot {version}>", index=0, line=1))
-
-    def _write_documents(self, kind: str, documents: list[Any]) -> Path:
-        """Documents as a YAML stream (JSON is YAML), named by content so an
-        unchanged set keeps its path and ``apply_config`` sees no change."""
-        text = "\n---\n".join(json.dumps(d, sort_keys=True) for d in documents) + "\n"
-        digest = _digest(text)
-        path = self.settings.state_dir / f"{kind}-{digest}.yaml"
-        if not path.exists():
-            write_atomic(path, text.encode(), mode=0o600)
-        return path
+        """The bootstrap ``snapshot`` asks for on this machine (ConfigError: NACK)."""
+        files = IdentityFiles(cert=self.cert_path, key=self.key_path, bundle=self.bundle_path)
+        return snapshot_config(snapshot, self.settings, files)
 
     async def _apply(self, snapshot: dict[str, Any]) -> str | None:
         """Make ``snapshot`` live; return None on success, else the NACK reason."""
@@ -389,7 +231,7 @@ class DynamicProxy:
         if status == 204:
             return
         if status != 200:
-            raise IdentityError(f"watch refused ({status}): {_error(body)}")
+            raise IdentityError(f"watch refused ({status}): {error_text(body)}")
         snapshot = json.loads(body)
         version = str(snapshot["version"])
         self.seen = version
@@ -421,7 +263,7 @@ class DynamicProxy:
                 await self.watch_once()
                 failures = 0
             except (OSError, TimeoutError, ProtocolError, IdentityError, ValueError) as exc:
-                delay = _backoff(failures)
+                delay = backoff_s(failures)
                 failures += 1
                 logger.warning(
                     "control_unreachable", extra={"error": str(exc), "retry_in_s": delay}
@@ -440,7 +282,7 @@ class DynamicProxy:
         self.client = ControlClient(
             url=self.settings.control,
             bundle_pem=self._bundle_pem(),
-            control_id=f"spiffe://{td}{CONTROL_PATH}",
+            control_id=str(SpiffeId.control_plane(td)),
             cert=cert,
         )
         attempt = 0
@@ -448,7 +290,7 @@ class DynamicProxy:
             try:
                 await self._fetch_svid()
             except (OSError, TimeoutError, ProtocolError) as exc:
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff_s(attempt))
                 attempt += 1
                 logger.warning("control_unreachable", extra={"error": str(exc)})
         while self.server is None:  # the data plane cannot start without a snapshot
@@ -457,7 +299,7 @@ class DynamicProxy:
             except (OSError, TimeoutError, ProtocolError) as exc:
                 logger.warning("control_unreachable", extra={"error": str(exc)})
             if self.server is None:
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff_s(attempt))
                 attempt += 1
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -482,19 +324,6 @@ class DynamicProxy:
             await self.server.drain(drain_s)
         if self.admin is not None:
             await self.admin.close()
-
-
-def _digest(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _error(body: bytes) -> str:
-    try:
-        return str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        return body[:200].decode("utf-8", "replace")
 
 
 def run_dynamic(settings: DynamicSettings) -> int:

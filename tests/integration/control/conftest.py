@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from tests.integration.proxy.proxy_app import start_app
 
-from meshlet.control.server import ControlServer, control_spiffe_id
+from meshlet.control.server import ControlServer
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
-from meshlet.proxy.dynamic import ControlClient
+from meshlet.proxy.control_client import ControlClient
 
 TD = "example.org"
 ECHO_ID = f"spiffe://{TD}/ns/default/sa/echo"
@@ -109,7 +109,7 @@ def api_client(
     return ControlClient(
         url=control_url(server),
         bundle_pem=ca.bundle_pem(),
-        control_id=str(control_spiffe_id(TD)),
+        control_id=str(SpiffeId.control_plane(TD)),
         cert=cert,
     )
 

@@ -27,7 +27,8 @@ from meshlet.control.server import ControlServer
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
 from meshlet.identity.x509 import load_pem_certificates, make_csr, spiffe_id_from_cert
-from meshlet.proxy.dynamic import DynamicProxy, DynamicSettings
+from meshlet.proxy.dynamic import DynamicProxy
+from meshlet.proxy.dynamic_config import DynamicSettings
 
 pytestmark = pytest.mark.integration
 

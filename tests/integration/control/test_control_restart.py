@@ -19,10 +19,9 @@ from tests.integration.control.conftest import (
     spawn,
 )
 
-from meshlet.control.server import control_spiffe_id
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
-from meshlet.proxy.dynamic import ControlClient
+from meshlet.proxy.control_client import ControlClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,7 +85,7 @@ async def status_of(url: str, ca: CertificateAuthority) -> dict[str, object]:
     import json
 
     client = ControlClient(
-        url=url, bundle_pem=ca.bundle_pem(), control_id=str(control_spiffe_id(TD)), cert=None
+        url=url, bundle_pem=ca.bundle_pem(), control_id=str(SpiffeId.control_plane(TD)), cert=None
     )
     try:
         code, body = await client.call("GET", "/v1/status")
