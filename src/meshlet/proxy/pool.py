@@ -15,6 +15,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from meshlet.config.bootstrap import Address
 from meshlet.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
@@ -24,11 +25,20 @@ from meshlet.proxy.exchange import Exchange, Listener
 from meshlet.proxy.tls import handshake_failure_reason, peer_spiffe_id
 from meshlet.traffic.balancer import Endpoint, P2CEwma, RandomSource
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "Cluster", "EndpointPool"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "Cluster", "EndpointPool", "PoolSettings"]
 
 # Bounds a stuck TLS peer, not a slow one (Envoy's transport_socket_connect_timeout
 # has no default; ops' TCP mode uses the same 10 s).
 HANDSHAKE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSettings:
+    """A cluster's own connection settings (DestinationRule ``connectionPool``)."""
+
+    connect_timeout_s: float | None = None  # None: the bootstrap's timeouts.connect_s
+    idle_timeout_s: float | None = None  # None: the bootstrap's timeouts.idle_s
+    max_requests_per_connection: int = 0  # 0: unlimited, Istio's default
 
 
 class EndpointPool:
@@ -37,13 +47,17 @@ class EndpointPool:
 
     __slots__ = (
         "address",
+        "connect_timeout_s",
         "connecting",
         "identity",
         "idle",
+        "idle_timeout_s",
         "key",
         "labels",
         "listener",
+        "max_requests_per_connection",
         "owner",
+        "served",
         "ssl_context",
         "tasks",
     )
@@ -56,12 +70,21 @@ class EndpointPool:
         listener: Listener,
         ssl_context: Callable[[], ssl.SSLContext] | None,
         labels: tuple[tuple[str, str], ...] = (),
+        connect_timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+        max_requests_per_connection: int = 0,
     ) -> None:
         self.address = address
         self.identity = identity  # expected peer SPIFFE ID; None for plaintext (the app)
         self.listener = listener
         self.ssl_context = ssl_context
         self.labels = labels
+        # A DestinationRule's connectionPool (tcp.connectTimeout, http.idleTimeout,
+        # http.maxRequestsPerConnection); None/0: the bootstrap's timeouts, no cap.
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_requests_per_connection = max_requests_per_connection
+        self.served: dict[UpstreamConnection, int] = {}  # only filled under a cap
         # The traffic engine's name for this endpoint (pickers, outlier detection).
         self.key = Endpoint(address=str(address), labels=labels)
         self.owner: Cluster | None = None  # set by the Cluster that holds this pool
@@ -150,7 +173,8 @@ class EndpointPool:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await asyncio.wait_for(
-                loop.sock_connect(sock, (host, port)), self.listener.timeouts.connect_s
+                loop.sock_connect(sock, (host, port)),
+                self.connect_timeout_s or self.listener.timeouts.connect_s,
             )
         except TimeoutError as exc:
             sock.close()
@@ -161,17 +185,43 @@ class EndpointPool:
         return sock
 
     def release(self, conn: UpstreamConnection) -> None:
+        """A connection finished an exchange and may be reused: keep it idle,
+        or close it when the pool is full or it has served its quota (Envoy's
+        max_requests_per_connection closes it after that many requests)."""
         if conn.closed:
             return
+        cap = self.max_requests_per_connection
+        if cap:
+            served = self.served.get(conn, 0) + 1
+            if served >= cap:
+                conn.close()  # discard() forgets its count
+                return
+            self.served[conn] = served
         if len(self.idle) >= self.listener.limits.max_idle_per_endpoint:
             conn.close()
             return
-        conn.deadline = self.listener.now + self.listener.timeouts.idle_s
+        conn.deadline = self.listener.now + (self.idle_timeout_s or self.listener.timeouts.idle_s)
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
+        if self.served:
+            self.served.pop(conn, None)
+
+    def with_settings(self, settings: PoolSettings) -> EndpointPool:
+        """A separate pool to the same endpoint with its own connection settings:
+        as in Envoy, a cluster whose DestinationRule sets them has its own pool."""
+        return EndpointPool(
+            address=self.address,
+            identity=self.identity,
+            listener=self.listener,
+            ssl_context=self.ssl_context,
+            labels=self.labels,
+            connect_timeout_s=settings.connect_timeout_s,
+            idle_timeout_s=settings.idle_timeout_s,
+            max_requests_per_connection=settings.max_requests_per_connection,
+        )
 
     def close(self) -> None:
         for conn in list(self.idle):

@@ -18,11 +18,11 @@ import random
 from collections import deque
 from collections.abc import Iterator, Mapping
 
-from meshlet.config.routing import BackendKind
+from meshlet.config.routing import BackendKind, ConnectionPool
 from meshlet.proxy.exchange import NO_BODY, Exchange, Listener
 from meshlet.proxy.flight import Flight
 from meshlet.proxy.mirror import MirrorSender
-from meshlet.proxy.pool import Cluster, EndpointPool
+from meshlet.proxy.pool import Cluster, EndpointPool, PoolSettings
 from meshlet.traffic.balancer import Endpoint
 from meshlet.traffic.cluster import ClusterState, select_endpoints
 from meshlet.traffic.model_name import (
@@ -96,6 +96,8 @@ class OutboundTraffic:
         self.clusters = dict(clusters)
         self.runtimes: dict[str, ClusterRuntime] = {}
         self.mirrors = MirrorSender(listener)
+        # Pools of clusters with their own connection settings (closed with us).
+        self.own_pools: list[EndpointPool] = []
 
     # -- per-cluster state ----------------------------------------------------
 
@@ -136,6 +138,10 @@ class OutboundTraffic:
         rt = self.runtimes.get(name)
         if rt is None:
             pools = self._pools(plan)
+            settings = _pool_settings(plan.policy.connection_pool)
+            if settings is not None:
+                pools = [p.with_settings(settings) for p in pools]
+                self.own_pools.extend(pools)
             by_key = {p.key: p for p in reversed(pools)}
             state = ClusterState(plan.policy, list(by_key), self.listener.now)
             rt = self.runtimes[name] = ClusterRuntime(name, state, by_key)
@@ -146,6 +152,10 @@ class OutboundTraffic:
         nothing but the limits' meaning; in-flight requests finish on old state."""
         self.clusters = dict(clusters)
         self.runtimes = {}
+        for pool in self.own_pools:  # in-flight ones close at their idle deadline
+            for conn in list(pool.idle):
+                conn.close()
+        self.own_pools = []
 
     def shortest_timeout_s(self) -> float:
         """The shortest route deadline (total, per try, stream idle), so the
@@ -164,6 +174,8 @@ class OutboundTraffic:
 
     def close(self) -> None:
         self.mirrors.close()
+        for pool in self.own_pools:
+            pool.close()
         for rt in self.runtimes.values():
             for flight in list(rt.waiting):
                 if flight.timer is not None:
@@ -200,6 +212,23 @@ class OutboundTraffic:
                 return  # routed once the scanner decides (on_body / on_request_end)
             model = found.model if found.state is ScanState.FOUND else None
         flight.route(model)
+
+
+_DEFAULT_POOL = ConnectionPool()
+
+
+def _pool_settings(cp: ConnectionPool) -> PoolSettings | None:
+    """The connection settings a DestinationRule set, for a cluster's own pools;
+    None when it set none (the cluster shares the service's pools). A value
+    equal to Istio's default counts as unset: the bootstrap's ``timeouts``
+    (connect_s, idle_s) then apply, as they do to unrouted services."""
+    connect, idle = cp.connect_timeout_s, cp.idle_timeout_s
+    settings = PoolSettings(
+        connect_timeout_s=None if connect == _DEFAULT_POOL.connect_timeout_s else connect,
+        idle_timeout_s=None if idle == _DEFAULT_POOL.idle_timeout_s else idle,
+        max_requests_per_connection=cp.max_requests_per_connection,
+    )
+    return None if settings == PoolSettings() else settings
 
 
 def _peek_body_for_model(ex: Exchange) -> bool:
