@@ -8,6 +8,8 @@ Topologies, all over 127.0.0.1 with the same certificates and the same upstream
            (uvloop + httptools relays with no features: one upstream connection
             per client connection, bytes passed through after parsing)
   meshlet  loadgen -> `meshlet proxy` outbound -> mTLS -> `meshlet proxy` inbound -> upstream
+  baseline the same meshlet pair run from another git revision (``--baseline REV``,
+           exported with ``git archive``), for before/after ratios in one run
 
 Load: constant-rate open loop (latency measured from each request's scheduled
 send time, so queueing is not hidden) over keep-alive connections, for a bounded
@@ -15,8 +17,15 @@ time; then, optionally, a closed-loop maximum rate. Each proxy's CPU comes from
 /proc/<pid>/stat (utime + stime) across the measured window, RSS from
 /proc/<pid>/status.
 
+New-connection mTLS handshakes: a client holding the client SVID opens fresh
+TLS 1.3 connections one after another (connect + handshake, then close) to the
+floor's inbound relay (a bare uvloop TLS server with the same certificates) and
+to each meshlet inbound listener; the bench reports p50/p99 and the server's
+CPU per handshake.
+
     .venv/bin/python benchmarks/bench_proxy.py                  # 1000 req/s, 5 s each
     .venv/bin/python benchmarks/bench_proxy.py --rate 2000 --seconds 10 --max-rate
+    .venv/bin/python benchmarks/bench_proxy.py --baseline HEAD~3   # before/after
 """
 
 from __future__ import annotations
@@ -216,13 +225,61 @@ def _loadgen(port: int, rate: float, seconds: float, conns: int, host: str, clos
     uvloop.run(main())
 
 
+def _handshakes(port: int, count: int, certs: str) -> None:
+    """``count`` sequential new mTLS connections; prints JSON.
+
+    Two times per connection: the client's handshake (connect + TLS 1.3
+    handshake, which completes on the client before the server has checked the
+    client certificate) and the first response (one GET answered over it, so the
+    server's verification and its first request are in)."""
+    d = Path(certs) / "client"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(d / "cert.pem"), str(d / "key.pem"))
+    ctx.load_verify_locations(str(d / "bundle.pem"))
+    request = b"GET /bench HTTP/1.1\r\nhost: bench\r\n\r\n"
+    shake: list[float] = []
+    first: list[float] = []
+    errors = 0
+    for _ in range(count):
+        t = time.perf_counter()
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with ctx.wrap_socket(raw, server_hostname=None) as tls:
+                shake.append(time.perf_counter() - t)
+                tls.sendall(request)
+                got = b""
+                while not got.endswith(b"x" * 16):  # the 1 KiB body ends in 'x's
+                    part = tls.recv(65536)
+                    if not part:
+                        raise ConnectionError("closed before the response")
+                    got += part
+                first.append(time.perf_counter() - t)
+        except OSError:
+            errors += 1
+
+    def q(xs: list[float], p: float) -> float:
+        xs.sort()
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000 if xs else float("nan")
+
+    print(json.dumps({"handshakes": len(shake), "errors": errors,
+                      "p50_ms": q(shake, 0.5), "p99_ms": q(shake, 0.99),
+                      "first_p50_ms": q(first, 0.5), "first_p99_ms": q(first, 0.99)}))  # fmt: skip
+
+
 # ----------------------------------------------------------------- orchestration
 
 
-def _spawn(args: list[str], *, wait_file: Path | None = None, ready_line: bool = False
-           ) -> tuple[subprocess.Popen[bytes], float, str]:  # fmt: skip
+def _spawn(
+    args: list[str],
+    *,
+    wait_file: Path | None = None,
+    ready_line: bool = False,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], float, str]:
     start = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None, env=env)
     line = ""
     deadline = start + 20
     if ready_line:
@@ -301,15 +358,19 @@ def _free_port() -> int:
 
 
 def _meshlet_pair(
-    workdir: Path, up_port: int
-) -> tuple[list[subprocess.Popen[bytes]], int, dict[str, float]]:
+    workdir: Path, up_port: int, *, tag: str = "", src: Path | None = None
+) -> tuple[list[subprocess.Popen[bytes]], int, int, dict[str, float]]:
+    """A meshlet sidecar pair; ``src`` runs it from another tree (``--baseline``)."""
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": str(src)}
     in_port, out_port = _free_port(), _free_port()
-    (workdir / "in.yaml").write_text(
+    (workdir / f"in{tag}.yaml").write_text(
         "identity: {cert: server/cert.pem, key: server/key.pem, bundle: server/bundle.pem}\n"
         "admin: null\n"
         f"inbound: {{listen: 127.0.0.1:{in_port}, app: 127.0.0.1:{up_port}, mtls: STRICT}}\n"
     )
-    (workdir / "out.yaml").write_text(
+    (workdir / f"out{tag}.yaml").write_text(
         "identity: {cert: client/cert.pem, key: client/key.pem, bundle: client/bundle.pem}\n"
         "admin: null\n"
         f"outbound:\n  listen: 127.0.0.1:{out_port}\n  services:\n    bench:\n      endpoints:\n"
@@ -317,10 +378,10 @@ def _meshlet_pair(
     )
     meshlet = [PY, "-m", "meshlet"]
     p_in, t_in, _ = _spawn(
-        [*meshlet, "proxy", "--config", str(workdir / "in.yaml")], ready_line=True
+        [*meshlet, "proxy", "--config", str(workdir / f"in{tag}.yaml")], ready_line=True, env=env
     )
     p_out, t_out, _ = _spawn(
-        [*meshlet, "proxy", "--config", str(workdir / "out.yaml")], ready_line=True
+        [*meshlet, "proxy", "--config", str(workdir / f"out{tag}.yaml")], ready_line=True, env=env
     )
     idle_rss = max(_rss_mib(p_in.pid), _rss_mib(p_out.pid))
     idle = {
@@ -328,10 +389,10 @@ def _meshlet_pair(
         "idle_rss_mib": idle_rss,
         "startup_cpu_ms": max(_cpu_s(p_in.pid), _cpu_s(p_out.pid)) * 1000,
     }
-    return [p_out, p_in], out_port, idle
+    return [p_out, p_in], out_port, in_port, idle
 
 
-def _floor_pair(workdir: Path, up_port: int) -> tuple[list[subprocess.Popen[bytes]], int]:
+def _floor_pair(workdir: Path, up_port: int) -> tuple[list[subprocess.Popen[bytes]], int, int]:
     f_in, f_out = workdir / "relay-in.port", workdir / "relay-out.port"
     p_in, _, _ = _spawn(_self_args("--role", "relay", f_in, up_port, "in", workdir), wait_file=f_in)
     time.sleep(0.05)
@@ -339,7 +400,30 @@ def _floor_pair(workdir: Path, up_port: int) -> tuple[list[subprocess.Popen[byte
     p_out, _, _ = _spawn(_self_args("--role", "relay", f_out, in_port, "out", workdir),
                          wait_file=f_out)  # fmt: skip
     time.sleep(0.05)
-    return [p_out, p_in], int(f_out.read_text())
+    return [p_out, p_in], int(f_out.read_text()), in_port
+
+
+def _export_revision(rev: str, dest: Path) -> Path:
+    """``src/`` of git revision ``rev`` under ``dest`` (read-only use of the repo)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, timeout=60)
+    return dest / "src"
+
+
+def _measure_handshakes(port: int, server_pid: int, a: argparse.Namespace, certs: Path
+                        ) -> dict[str, Any]:  # fmt: skip
+    before = _cpu_s(server_pid)
+    out = subprocess.run(
+        _self_args("--role", "handshake", port, a.handshakes, certs),
+        capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    res = dict(json.loads(out.stdout))
+    res["server_cpu_ms"] = (_cpu_s(server_pid) - before) * 1000 / max(res["handshakes"], 1)
+    return res
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -371,7 +455,7 @@ def _fmt(
         line += f"  max {r['max_rate']:7.0f} req/s"
         if r.get("max_rate_cores"):
             line += " using " + "/".join(f"{c:.2f}" for c in r["max_rate_cores"]) + " cores"
-    if floor and base and name != "floor":
+    if floor and base and name not in ("floor", "direct"):
         f50 = floor["p50_ms"] - base["p50_ms"]
         ratio_lat = added50 / f50 if f50 > 0 else float("nan")
         ratio_cpu = (sum(cpu) / max(sum(floor["cpu_ms_per_1k"]), 1e-9)) if cpu else float("nan")
@@ -392,10 +476,22 @@ def main() -> int:
         default=3,
         help="measure every topology this many times, interleaved; report medians",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run a meshlet pair from this git revision, side by side (before/after)",
+    )
+    ap.add_argument(
+        "--handshakes",
+        type=int,
+        default=200,
+        help="new mTLS connections per server and round for the handshake figures (0: skip)",
+    )
     a = ap.parse_args()
     only = set(a.only or ["direct", "floor", "meshlet"])
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, dict[str, Any]] = {}
+    shakes: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _certs(work)
@@ -406,24 +502,38 @@ def main() -> int:
         up_port = int(up_file.read_text())
         try:
             targets: dict[str, tuple[int, list[int]]] = {}
+            tls_servers: dict[str, tuple[int, int]] = {}  # name -> (port, pid)
             if "direct" in only:
                 targets["direct"] = (up_port, [])
             if "floor" in only:
-                fl, port = _floor_pair(work, up_port)
+                fl, port, in_port = _floor_pair(work, up_port)
                 procs += fl
                 targets["floor"] = (port, [p.pid for p in fl])
-            idle: dict[str, float] = {}
+                tls_servers["floor"] = (in_port, fl[1].pid)
+            idle: dict[str, dict[str, float]] = {}
+            pairs: list[tuple[str, str, Path | None]] = []
+            if a.baseline:
+                src = _export_revision(a.baseline, work / "baseline")
+                pairs.append(("baseline", "-base", src))
             if "meshlet" in only:
-                ms, port, idle = _meshlet_pair(work, up_port)
+                pairs.append(("meshlet", "", None))
+            for name, tag, src_dir in pairs:
+                ms, port, in_port, idle[name] = _meshlet_pair(work, up_port, tag=tag, src=src_dir)
                 procs += ms
-                targets["meshlet"] = (port, [p.pid for p in ms])
+                targets[name] = (port, [p.pid for p in ms])
+                tls_servers[name] = (in_port, ms[1].pid)
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+            shake_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in tls_servers}
             for _ in range(a.rounds):  # interleaved, so load from other work hits all alike
                 for name, (port, pids) in targets.items():
                     runs[name].append(_measure(port, pids, a, "bench"))
+                for name, (port, pid) in tls_servers.items():
+                    if a.handshakes > 0:
+                        shake_runs[name].append(_measure_handshakes(port, pid, a, work))
             results = {name: _median(rs) for name, rs in runs.items()}
-            if "meshlet" in results:
-                results["meshlet"].update(idle)
+            shakes = {name: _median_shakes(rs) for name, rs in shake_runs.items() if rs}
+            for name, figures in idle.items():
+                results[name].update(figures)
         finally:
             for p in procs:
                 p.terminate()
@@ -438,13 +548,45 @@ def main() -> int:
     base, floor = results.get("direct"), results.get("floor")
     for name, r in results.items():
         print(_fmt(name, r, base, floor))
-    if "meshlet" in results:
-        m = results["meshlet"]
-        print(f"meshlet  startup-to-ready {m['startup_ms']:.0f} ms wall, "
-              f"{m['startup_cpu_ms']:.0f} ms CPU (process start to ready line), "
-              f"idle RSS {m['idle_rss_mib']:.1f} MiB, peak RSS "
-              + "/".join(f"{x:.1f}" for x in m["peak_rss_mib"]) + " MiB")  # fmt: skip
+    for name in ("baseline", "meshlet"):
+        if name in results:
+            m = results[name]
+            print(f"{name:8s} startup-to-ready {m['startup_ms']:.0f} ms wall, "
+                  f"{m['startup_cpu_ms']:.0f} ms CPU (process start to ready line), "
+                  f"idle RSS {m['idle_rss_mib']:.1f} MiB, peak RSS "
+                  + "/".join(f"{x:.1f}" for x in m["peak_rss_mib"]) + " MiB")  # fmt: skip
+    if "baseline" in results and "meshlet" in results:
+        print(_fmt_before_after(results["baseline"], results["meshlet"]))
+    for name, h in shakes.items():
+        print(f"{name:8s} new mTLS connection: handshake p50 {h['p50_ms']:.3f} ms "
+              f"p99 {h['p99_ms']:.3f} ms; first response p50 {h['first_p50_ms']:.3f} ms "
+              f"p99 {h['first_p99_ms']:.3f} ms; server CPU {h['server_cpu_ms']:.2f} ms per "
+              f"connection ({h['handshakes']} per round, {h['errors']} errors)")  # fmt: skip
     return 0
+
+
+def _median_shakes(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("p50_ms", "p99_ms", "first_p50_ms", "first_p99_ms", "server_cpu_ms")
+    out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["handshakes"] = runs[0]["handshakes"]
+    out["errors"] = sum(r["errors"] for r in runs)
+    return out
+
+
+def _fmt_before_after(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """After/before ratios of the same-run figures (below 1.00 is better)."""
+
+    def ratio(key: str) -> float:
+        b, x = before[key], after[key]
+        if isinstance(b, list):
+            b, x = sum(b), sum(x)
+        return float(x / b) if b else float("nan")
+
+    return (
+        f"after/before (meshlet/baseline, same run): CPU per request x{ratio('cpu_ms_per_1k'):.2f}"
+        f"  p50 x{ratio('p50_ms'):.2f}  p99 x{ratio('p99_ms'):.2f}"
+        f"  idle RSS x{ratio('idle_rss_mib'):.3f}  start-up CPU x{ratio('startup_cpu_ms'):.2f}"
+    )
 
 
 if __name__ == "__main__":
@@ -454,6 +596,8 @@ if __name__ == "__main__":
             _upstream(rest[0])
         elif role == "relay":
             _relay(rest[0], int(rest[1]), rest[2], rest[3])
+        elif role == "handshake":
+            _handshakes(int(rest[0]), int(rest[1]), rest[2])
         elif role == "loadgen":
             _loadgen(int(rest[0]), float(rest[1]), float(rest[2]), int(rest[3]), rest[4],
                      rest[5] == "1")  # fmt: skip
