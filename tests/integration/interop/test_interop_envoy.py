@@ -25,18 +25,11 @@ from tests.integration.interop.envoy_configs import (
     tcp_listener,
     upstream_tls,
 )
-from tests.integration.interop.meshlet_support import (
-    STEP_TIMEOUT_S,
-    echo_app,
-    http_get,
-    identity_block,
-    issue,
-    make_ca,
-    running_proxy,
-    spiffe,
-    tcp_echo,
-    write_bootstrap,
-)
+from tests.support.apps import echo_app, tcp_echo
+from tests.support.http import http_get
+from tests.support.pki import issue, make_ca, spiffe
+from tests.support.processes import identity_block, running_proxy, write_bootstrap
+from tests.support.waiting import STEP_TIMEOUT_S
 
 pytestmark = [
     pytest.mark.integration,

@@ -1,0 +1,8 @@
+"""Typed helpers shared by the integration tests of every area.
+
+Import them as ``from tests.support.<module> import ...``. Each module holds
+one kind of scaffolding: ``pki`` (a test CA and SVID files), ``apps`` (small
+asyncio upstreams on 127.0.0.1 port 0), ``processes`` (``meshlet`` as a real
+subprocess, waiting on its JSON ready line, never on a guessed port),
+``waiting`` (bounded polling) and ``http`` (a one-shot raw HTTP/1.1 GET).
+"""
