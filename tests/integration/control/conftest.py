@@ -1,20 +1,16 @@
 """Fixtures for control-plane tests: a test CA, a config directory, the test app,
-an in-process ControlServer, and helpers to run real ``meshlet`` processes."""
+an in-process ControlServer, and control-plane client helpers. Real ``meshlet``
+processes and polling are in ``tests.support``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import socket
-import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.integration.proxy.proxy_app import start_app
@@ -27,7 +23,6 @@ from meshlet.proxy.control_client import ControlClient
 TD = "example.org"
 ECHO_ID = f"spiffe://{TD}/ns/default/sa/echo"
 FRONTEND_ID = f"spiffe://{TD}/ns/default/sa/frontend"
-REPO = Path(__file__).resolve().parents[3]
 
 
 def mesh_yaml(app_port: int) -> str:
@@ -117,66 +112,3 @@ def api_client(
 def issue_files(ca: CertificateAuthority, spiffe_id: str, out: Path) -> tuple[Path, Path]:
     ca.issue(SpiffeId.parse(spiffe_id), now=time.time(), ttl_s=3600).write(out)
     return out / "cert.pem", out / "key.pem"
-
-
-async def eventually(check: Callable[[], Any], *, timeout_s: float = 15.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.05)
-
-
-# -- real processes -------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    process: asyncio.subprocess.Process
-    ready: dict[str, Any]
-    log: Path
-    argv: list[str] = field(default_factory=list)
-
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-
-    async def stop(self) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10.0)
-            except TimeoutError:
-                self.kill()
-        return await self.process.wait()
-
-
-def tail(log: Path) -> str:
-    return log.read_text()[-2000:]
-
-
-async def spawn(args: list[str], log: Path, *, timeout_s: float = 60.0) -> Proc:
-    """Run ``meshlet ARGS`` and wait for its JSON ready line on stdout."""
-    argv = [sys.executable, "-m", "meshlet", "--log-level", "INFO", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    with log.open("ab") as err:
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=err, env=env, cwd=str(log.parent)
-        )
-    assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), timeout_s)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"no ready line from {args[0]}: {tail(log)}") from None
-    if not line:
-        await process.wait()
-        raise AssertionError(f"{args[0]} exited {process.returncode}: {tail(log)}")
-    return Proc(process=process, ready=json.loads(line), log=log, argv=args)

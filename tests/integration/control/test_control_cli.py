@@ -3,31 +3,16 @@ line per problem and exit 2, before serving anything."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from tests.integration.control.conftest import REPO, TD, mesh_yaml
+from tests.integration.control.conftest import TD, mesh_yaml
+from tests.support.processes import run_meshlet
 
 from meshlet.identity.ca import CertificateAuthority
 
 pytestmark = pytest.mark.integration
-
-
-def meshlet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run(
-        [sys.executable, "-m", "meshlet", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
 
 
 def test_bad_config_dir_is_refused_with_file_and_line(tmp_path: Path) -> None:
@@ -40,7 +25,7 @@ def test_bad_config_dir_is_refused_with_file_and_line(tmp_path: Path) -> None:
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
         "metadata: {name: a, namespace: default}\nspec: {action: PERMIT}\n"
     )
-    result = meshlet(
+    result = run_meshlet(
         "control", "--config-dir", str(config), "--ca-dir", str(ca_dir), "--listen",
         "127.0.0.1:0", cwd=tmp_path,
     )  # fmt: skip
@@ -57,7 +42,9 @@ def test_trust_domain_must_match_the_ca(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.mkdir()
     (config / "mesh.yaml").write_text(mesh_yaml(8080))
-    result = meshlet("control", "--config-dir", str(config), "--ca-dir", str(ca_dir), cwd=tmp_path)
+    result = run_meshlet(
+        "control", "--config-dir", str(config), "--ca-dir", str(ca_dir), cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "is not the CA's trust domain 'other.org'" in result.stderr
 
@@ -82,7 +69,7 @@ def test_trust_domain_must_match_the_ca(tmp_path: Path) -> None:
     ],
 )
 def test_dynamic_proxy_flags_are_checked(args: list[str], message: str, tmp_path: Path) -> None:
-    result = meshlet("proxy", *args, cwd=tmp_path)
+    result = run_meshlet("proxy", *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -18,9 +18,9 @@ from tests.integration.control.conftest import (
     api_client,
     control_url,
     deny_frontend,
-    eventually,
     issue_files,
 )
+from tests.support.waiting import eventually
 
 from meshlet.config.bootstrap import Address
 from meshlet.control.server import ControlServer

@@ -14,10 +14,9 @@ from tests.integration.control.conftest import (
     FRONTEND_ID,
     TD,
     App,
-    Proc,
-    eventually,
-    spawn,
 )
+from tests.support.processes import Proc, spawn
+from tests.support.waiting import eventually
 
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
