@@ -268,6 +268,83 @@ def _handshakes(port: int, count: int, certs: str) -> None:
                       "first_p50_ms": q(first, 0.5), "first_p99_ms": q(first, 0.99)}))  # fmt: skip
 
 
+def _hot_path(certs: str, count: int) -> None:
+    """Python CPU per request of the drivers and routers, no sockets: a request
+    fed to an outbound (then inbound) DownstreamConnection, forwarded to a
+    pooled UpstreamConnection on a fake transport, its 1 KiB response fed back.
+    Prints JSON: best of five ``time.process_time`` runs, µs per request."""
+    from meshlet.clock import MonotonicClock
+    from meshlet.config.bootstrap import load_bootstrap
+    from meshlet.proxy.driver_down import DownstreamConnection
+    from meshlet.proxy.driver_up import UpstreamConnection
+    from meshlet.proxy.pool import EndpointPool
+    from meshlet.proxy.server import ProxyServer
+    from meshlet.telemetry.metrics import GoldenMetrics
+
+    class Fake:
+        """The transport surface the drivers use; writes are dropped."""
+
+        def write(self, data: bytes) -> None:
+            pass
+
+        def get_extra_info(self, key: str, default: Any = None) -> Any:
+            return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 15001)}.get(
+                key, default
+            )
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    conf = Path(certs) / "hot.yaml"
+    conf.write_text(
+        "identity: {cert: server/cert.pem, key: server/key.pem, bundle: server/bundle.pem}\n"
+        "admin: null\n"
+        "inbound: {listen: 127.0.0.1:0, app: 127.0.0.1:9, mtls: STRICT}\n"
+        "outbound:\n  listen: 127.0.0.1:0\n  services:\n    bench:\n      endpoints:\n"
+        f'        - {{address: 127.0.0.1:9, identity: "{SERVER_ID}"}}\n'
+    )
+    server = ProxyServer(load_bootstrap(str(conf)), metrics=GoldenMetrics(), clock=MonotonicClock())
+    server.reload_identity()
+    request = b"GET /bench HTTP/1.1\r\nhost: bench\r\nuser-agent: bench\r\naccept: */*\r\n\r\n"
+    response = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1024\r\n\r\n" + b"x" * 1024
+    )
+    out: dict[str, float] = {}
+    for side in ("outbound", "inbound"):
+        if side == "outbound":
+            listener = server._outbound_listener()
+            pool: EndpointPool | None = server._clusters[0].endpoints[0]
+        else:
+            listener = server._inbound_listener()
+            pool = server._app
+        assert pool is not None
+        down = DownstreamConnection(listener, mtls=side == "inbound")
+        down.connection_made(Fake())  # type: ignore[arg-type]
+        up = UpstreamConnection(pool, listener)
+        up.connection_made(Fake())  # type: ignore[arg-type]
+        pool.idle.append(up)
+        best = float("inf")
+        for _ in range(5):
+            t = time.process_time()
+            for _ in range(count):
+                down.data_received(request)
+                up.data_received(response)
+            best = min(best, time.process_time() - t)
+        if up.closed or down.closed:
+            raise RuntimeError(f"{side}: the fake exchange did not complete")
+        out[f"{side}_us"] = best / count * 1e6
+    print(json.dumps(out))
+
+
 # ----------------------------------------------------------------- orchestration
 
 
@@ -487,11 +564,19 @@ def main() -> int:
         default=200,
         help="new mTLS connections per server and round for the handshake figures (0: skip)",
     )
+    ap.add_argument(
+        "--hot-path",
+        type=int,
+        default=20000,
+        metavar="N",
+        help="requests per run of the in-process driver hot path, no sockets (0: skip)",
+    )
     a = ap.parse_args()
     only = set(a.only or ["direct", "floor", "meshlet"])
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, dict[str, Any]] = {}
     shakes: dict[str, dict[str, Any]] = {}
+    hot: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _certs(work)
@@ -530,6 +615,7 @@ def main() -> int:
                 for name, (port, pid) in tls_servers.items():
                     if a.handshakes > 0:
                         shake_runs[name].append(_measure_handshakes(port, pid, a, work))
+            hot = _hot_path_runs(a, work, src_dirs={n: d for n, _, d in pairs})
             results = {name: _median(rs) for name, rs in runs.items()}
             shakes = {name: _median_shakes(rs) for name, rs in shake_runs.items() if rs}
             for name, figures in idle.items():
@@ -557,12 +643,42 @@ def main() -> int:
                   + "/".join(f"{x:.1f}" for x in m["peak_rss_mib"]) + " MiB")  # fmt: skip
     if "baseline" in results and "meshlet" in results:
         print(_fmt_before_after(results["baseline"], results["meshlet"]))
+    for name, figures in hot.items():
+        o, i = figures["outbound_us"], figures["inbound_us"]
+        print(f"{name:8s} Python per request in process (fake transports): "
+              f"outbound {o:.2f} µs, inbound {i:.2f} µs")  # fmt: skip
+    if "baseline" in hot and "meshlet" in hot:
+        b, x = hot["baseline"], hot["meshlet"]
+        print(f"after/before hot path: outbound x{x['outbound_us'] / b['outbound_us']:.2f}, "
+              f"inbound x{x['inbound_us'] / b['inbound_us']:.2f}")  # fmt: skip
     for name, h in shakes.items():
         print(f"{name:8s} new mTLS connection: handshake p50 {h['p50_ms']:.3f} ms "
               f"p99 {h['p99_ms']:.3f} ms; first response p50 {h['first_p50_ms']:.3f} ms "
               f"p99 {h['first_p99_ms']:.3f} ms; server CPU {h['server_cpu_ms']:.2f} ms per "
               f"connection ({h['handshakes']} per round, {h['errors']} errors)")  # fmt: skip
     return 0
+
+
+def _hot_path_runs(
+    a: argparse.Namespace, work: Path, *, src_dirs: dict[str, Path | None]
+) -> dict[str, dict[str, float]]:
+    """The in-process hot path of each meshlet tree, interleaved; medians."""
+    if a.hot_path <= 0:
+        return {}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in src_dirs}
+    for _ in range(a.rounds):
+        for name, src in src_dirs.items():
+            env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+            out = subprocess.run(
+                _self_args("--role", "hotpath", work, a.hot_path),
+                capture_output=True, check=True, timeout=300, env=env,
+            )  # fmt: skip
+            runs[name].append(json.loads(out.stdout))
+    return {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        for name, rs in runs.items()
+        if rs
+    }
 
 
 def _median_shakes(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -596,6 +712,8 @@ if __name__ == "__main__":
             _upstream(rest[0])
         elif role == "relay":
             _relay(rest[0], int(rest[1]), rest[2], rest[3])
+        elif role == "hotpath":
+            _hot_path(rest[0], int(rest[1]))
         elif role == "handshake":
             _handshakes(int(rest[0]), int(rest[1]), rest[2])
         elif role == "loadgen":
