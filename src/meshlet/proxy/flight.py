@@ -52,6 +52,9 @@ _BACKOFF_MAX_S = 0.25
 # Request body read and dropped after a 413 before the connection is closed
 # instead (nginx's lingering close reads for a bounded time in the same spirit).
 DISCARD_BYTES = 1024 * 1024
+# Event loops keep a cached "now" (libuv's uv_now, 1 ms resolution), so a timer
+# may run a little before its deadline by time.monotonic; within this it counts.
+_TIMER_SLACK_S = 0.001
 
 
 def _apply_ops(headers: list[tuple[bytes, bytes]], ops: HeaderOps) -> list[tuple[bytes, bytes]]:
@@ -74,6 +77,7 @@ class Flight:
         "buffer",
         "buffer_bytes",
         "buffer_over",
+        "deadline_timer",
         "endpoint",
         "ex",
         "extra",
@@ -83,6 +87,7 @@ class Flight:
         "mirrored",
         "plan",
         "retries",
+        "route_deadline",
         "rt",
         "scanner",
         "target",
@@ -118,6 +123,9 @@ class Flight:
         self.in_retry = False
         self.mirrored = False
         self.timer: asyncio.TimerHandle | None = None
+        # A timer at the attempt's route deadline (see _arm_deadline).
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.route_deadline = 0.0
 
     @property
     def upstream_host(self) -> str:
@@ -184,8 +192,37 @@ class Flight:
         if plan is not None:
             per_try = plan.retries.per_try_timeout_s
             if per_try is not None:
-                deadline = min(deadline, self.traffic.listener.now + per_try)
+                deadline = min(deadline, self.traffic.listener.monotonic() + per_try)
+        if deadline != default:
+            self._arm_deadline(deadline)
         return deadline
+
+    def _arm_deadline(self, deadline: float) -> None:
+        """A timer at a route deadline (total or per try). The server's sweep
+        alone would fire it up to one sweep interval late (20 ms to 1 s); one
+        ``call_later`` per routed request with a timeout costs about a
+        microsecond and fires within a millisecond or two."""
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+        self.route_deadline = deadline
+        delay = max(deadline - self.traffic.listener.monotonic(), 0.0)
+        self.deadline_timer = asyncio.get_running_loop().call_later(delay, self._deadline_due)
+
+    def _deadline_due(self) -> None:
+        self.deadline_timer = None
+        ex = self.ex
+        up = ex.upstream
+        if ex.ended or up is None or up.closed or up.ex is not ex:
+            return  # answered, or between attempts (the next attach re-arms)
+        deadline = up.deadline
+        if not deadline or deadline not in (self.route_deadline, self.total_deadline):
+            return  # not a route deadline (the sweep keeps the others)
+        if self.traffic.listener.monotonic() + _TIMER_SLACK_S < deadline:
+            # Early (the loop's cached time), or the head came and the total
+            # timeout now bounds the rest of the response: wait for that.
+            self._arm_deadline(deadline)
+            return
+        up.on_timeout()
 
     @property
     def idle_s(self) -> float:
@@ -250,6 +287,9 @@ class Flight:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
         rt = self.rt
         if rt is None:
             return

@@ -383,6 +383,10 @@ class ProxyServer:
             inbound.gate = gate
             self._gate = gate
         self.config = new
+        if routing_changed and self._sweeper is not None and not self._closed:
+            # The sweep's interval follows the shortest timeout, route ones included.
+            self._sweeper.cancel()
+            self._schedule_sweep(asyncio.get_running_loop())
 
     # -- accepting ----------------------------------------------------------
 

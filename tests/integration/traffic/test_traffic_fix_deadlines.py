@@ -1,0 +1,85 @@
+"""Route timeouts fire on time through real sidecars: each routed request with a
+timeout arms its own timer instead of waiting for the next deadline sweep
+(which runs up to 1 s apart with long bootstrap timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
+from tests.integration.traffic.test_traffic_proxy_mesh import (
+    Replica,
+    mesh_of,
+    tpki_fixture,  # noqa: F401 - the "tpki" fixture
+)
+from tests.integration.traffic.test_traffic_proxy_resilience import vs
+
+from meshlet.config.bootstrap import Timeouts
+
+pytestmark = pytest.mark.integration
+T = 10.0
+# Every bootstrap timeout long: the sweep runs once a second (its upper clamp).
+SLOW_SWEEP = Timeouts(connect_s=10.0, header_read_s=10.0, idle_s=30.0, upstream_response_s=10.0)
+
+
+def _route(timeout: str | None, per_try: str | None = None) -> str:
+    retries = "{attempts: 0}" if per_try is None else f"{{attempts: 0, perTryTimeout: {per_try}}}"
+    line = "  - route: [{destination: {host: inference}}]\n" + f"    retries: {retries}"
+    return vs(line + (f"\n    timeout: {timeout}" if timeout else ""))
+
+
+async def _timed_get(url: str) -> tuple[int, bytes, float]:
+    """A GET through the outbound sidecar; status, x-meshlet-error and seconds taken."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        start = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nhost: inference\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+        took = time.monotonic() - start
+    finally:
+        writer.close()
+    error = b""
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"x-meshlet-error:"):
+            error = line.split(b":", 1)[1].strip()
+    return int(head.split(b" ", 2)[1]), error, took
+
+
+async def test_300ms_route_timeout_answers_504_on_time(tpki: Pki, tmp_path: Path) -> None:
+    hang = Replica("hang", {}, hang=True)
+    async with mesh_of(tpki, tmp_path, [hang], _route("300ms"), timeouts=SLOW_SWEEP) as mesh:
+        for _ in range(3):  # bounded: three requests, each must be on time
+            status, error, took = await _timed_get(mesh.url)
+            assert (status, error) == (504, b"upstream_timeout"), (status, error)
+            assert 0.29 <= took <= 0.45, took
+
+
+async def test_per_try_timeout_answers_on_time(tpki: Pki, tmp_path: Path) -> None:
+    hang = Replica("hang", {}, hang=True)
+    routing = _route(None, per_try="250ms")
+    async with mesh_of(tpki, tmp_path, [hang], routing, timeouts=SLOW_SWEEP) as mesh:
+        status, _, took = await _timed_get(mesh.url)
+        assert status == 504
+        assert 0.24 <= took <= 0.40, took
+
+
+async def test_timeout_added_by_apply_config_is_on_time(tpki: Pki, tmp_path: Path) -> None:
+    hang = Replica("hang", {}, hang=True)
+    async with mesh_of(tpki, tmp_path, [hang], _route(None), timeouts=SLOW_SWEEP) as mesh:
+        new_routes = tmp_path / "routes-2.yaml"  # a new path: routing counts as changed
+        new_routes.write_text(_route("300ms"))
+        old = mesh.outbound.config
+        assert old.outbound is not None
+        mesh.outbound.apply_config(
+            dataclasses.replace(
+                old, outbound=dataclasses.replace(old.outbound, routing=(new_routes,))
+            )
+        )
+        status, _, took = await _timed_get(mesh.url)
+        assert status == 504
+        assert 0.29 <= took <= 0.45, took
