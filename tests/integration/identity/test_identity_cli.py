@@ -5,30 +5,18 @@ from __future__ import annotations
 import re
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from tests.support.processes import run_meshlet
 
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.tokens import TokenLedger
 
 pytestmark = pytest.mark.integration
 
-MESHLET = Path(sys.executable).parent / "meshlet"
 WEB = "spiffe://cluster.local/ns/default/sa/web"
-
-
-def meshlet(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MESHLET), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=cwd,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -43,7 +31,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli") / "ca"
-    result = meshlet("ca", "init", "--dir", d)
+    result = run_meshlet("ca", "init", "--dir", d)
     assert result.returncode == 0, result.stderr
     return d
 
@@ -56,17 +44,17 @@ def test_init_creates_a_ca_with_private_keys(ca_dir: Path) -> None:
 
 def test_init_refuses_to_overwrite_then_force_replaces(tmp_path: Path) -> None:
     d = tmp_path / "ca"
-    assert meshlet("ca", "init", "--dir", d, "--trust-domain", "a.example").returncode == 0
+    assert run_meshlet("ca", "init", "--dir", d, "--trust-domain", "a.example").returncode == 0
     before = (d / "bundle.pem").read_bytes()
-    assert "already exists" in one_line_error(meshlet("ca", "init", "--dir", d))
+    assert "already exists" in one_line_error(run_meshlet("ca", "init", "--dir", d))
     assert (d / "bundle.pem").read_bytes() == before
-    assert meshlet("ca", "init", "--dir", d, "--force").returncode == 0
+    assert run_meshlet("ca", "init", "--dir", d, "--force").returncode == 0
     assert (d / "bundle.pem").read_bytes() != before
 
 
 def test_issue_writes_the_three_files_and_openssl_agrees(ca_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "web"
-    result = meshlet("ca", "issue", "--dir", ca_dir, "--id", WEB, "--out", out, "--ttl", "2h")
+    result = run_meshlet("ca", "issue", "--dir", ca_dir, "--id", WEB, "--out", out, "--ttl", "2h")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["bundle.pem", "cert.pem", "key.pem"]
     assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
@@ -84,8 +72,8 @@ def test_issue_writes_the_three_files_and_openssl_agrees(ca_dir: Path, tmp_path:
 
 def test_inspect_summarizes_and_checks_the_chain(ca_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "web"
-    assert meshlet("ca", "issue", "--dir", ca_dir, "--id", WEB, "--out", out).returncode == 0
-    result = meshlet("ca", "inspect", out / "cert.pem")
+    assert run_meshlet("ca", "issue", "--dir", ca_dir, "--id", WEB, "--out", out).returncode == 0
+    result = run_meshlet("ca", "inspect", out / "cert.pem")
     assert result.returncode == 0, result.stderr
     assert f"spiffe id:   {WEB}" in result.stdout
     assert "OK: chains to a trusted root" in result.stdout
@@ -96,15 +84,17 @@ def test_inspect_summarizes_and_checks_the_chain(ca_dir: Path, tmp_path: Path) -
 
 def test_inspect_fails_against_a_foreign_bundle(ca_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "web"
-    assert meshlet("ca", "issue", "--dir", ca_dir, "--id", WEB, "--out", out).returncode == 0
-    assert meshlet("ca", "init", "--dir", tmp_path / "other").returncode == 0
-    result = meshlet("ca", "inspect", out / "cert.pem", "--bundle", tmp_path / "other/bundle.pem")
+    assert run_meshlet("ca", "issue", "--dir", ca_dir, "--id", WEB, "--out", out).returncode == 0
+    assert run_meshlet("ca", "init", "--dir", tmp_path / "other").returncode == 0
+    result = run_meshlet(
+        "ca", "inspect", out / "cert.pem", "--bundle", tmp_path / "other/bundle.pem"
+    )
     assert result.returncode == 1
     assert "FAILED: certificate does not chain" in result.stdout
 
 
 def test_token_prints_a_verifiable_single_use_token(ca_dir: Path) -> None:
-    result = meshlet("ca", "token", "--dir", ca_dir, "--id", WEB, "--ttl", "5m")
+    result = run_meshlet("ca", "token", "--dir", ca_dir, "--id", WEB, "--ttl", "5m")
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.count(".") == 2
@@ -117,25 +107,29 @@ def test_token_prints_a_verifiable_single_use_token(ca_dir: Path) -> None:
 
 def test_rotate_root_keeps_old_svids_verifying(tmp_path: Path) -> None:
     d = tmp_path / "ca"
-    assert meshlet("ca", "init", "--dir", d).returncode == 0
+    assert run_meshlet("ca", "init", "--dir", d).returncode == 0
     assert (
-        meshlet("ca", "issue", "--dir", d, "--id", WEB, "--out", tmp_path / "old").returncode == 0
+        run_meshlet("ca", "issue", "--dir", d, "--id", WEB, "--out", tmp_path / "old").returncode
+        == 0
     )
-    result = meshlet("ca", "rotate-root", "--dir", d)
+    result = run_meshlet("ca", "rotate-root", "--dir", d)
     assert result.returncode == 0, result.stderr
     assert "2 roots" in result.stdout
     assert (
-        meshlet("ca", "issue", "--dir", d, "--id", WEB, "--out", tmp_path / "new").returncode == 0
+        run_meshlet("ca", "issue", "--dir", d, "--id", WEB, "--out", tmp_path / "new").returncode
+        == 0
     )
     for name in ("old", "new"):
-        check = meshlet("ca", "inspect", tmp_path / name / "cert.pem", "--bundle", d / "bundle.pem")
+        check = run_meshlet(
+            "ca", "inspect", tmp_path / name / "cert.pem", "--bundle", d / "bundle.pem"
+        )
         assert check.returncode == 0, (name, check.stdout)
-    retired = meshlet("ca", "retire-roots", "--dir", d)
+    retired = run_meshlet("ca", "retire-roots", "--dir", d)
     assert retired.returncode == 0, retired.stderr
     assert "dropped 1 old root" in retired.stdout
-    old = meshlet("ca", "inspect", tmp_path / "old" / "cert.pem", "--bundle", d / "bundle.pem")
+    old = run_meshlet("ca", "inspect", tmp_path / "old" / "cert.pem", "--bundle", d / "bundle.pem")
     assert old.returncode == 1
-    new = meshlet("ca", "inspect", tmp_path / "new" / "cert.pem", "--bundle", d / "bundle.pem")
+    new = run_meshlet("ca", "inspect", tmp_path / "new" / "cert.pem", "--bundle", d / "bundle.pem")
     assert new.returncode == 0
 
 
@@ -161,14 +155,14 @@ def test_user_mistakes_are_one_line_errors(
     ca_dir: Path, tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     action, *rest = args
-    line = one_line_error(meshlet("ca", action, "--dir", ca_dir, *rest, cwd=tmp_path))
+    line = one_line_error(run_meshlet("ca", action, "--dir", ca_dir, *rest, cwd=tmp_path))
     assert message in line
 
 
 def test_missing_ca_and_malformed_files_are_one_line_errors(tmp_path: Path) -> None:
-    line = one_line_error(meshlet("ca", "token", "--dir", tmp_path / "none", "--id", WEB))
+    line = one_line_error(run_meshlet("ca", "token", "--dir", tmp_path / "none", "--id", WEB))
     assert "no CA here" in line
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n")
-    assert "malformed" in one_line_error(meshlet("ca", "inspect", bad))
-    assert "No such file" in one_line_error(meshlet("ca", "inspect", tmp_path / "absent.pem"))
+    assert "malformed" in one_line_error(run_meshlet("ca", "inspect", bad))
+    assert "No such file" in one_line_error(run_meshlet("ca", "inspect", tmp_path / "absent.pem"))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.processes import gone
 
 from meshlet.config.mesh import Restart
 from meshlet.errors import ConfigError
@@ -25,15 +26,6 @@ def _spec(tmp_path: Path, argv: list[str], restart: Restart = "on-failure") -> P
         log_path=tmp_path / "p.log",
         restart=restart,
     )
-
-
-def _gone(pid: int) -> bool:
-    """Dead or a zombie waiting for a reaper (a container's PID 1 may never reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 async def test_crashing_process_is_restarted_with_backoff(tmp_path: Path) -> None:
@@ -101,14 +93,14 @@ async def test_stop_leaves_no_orphans_even_when_sigterm_is_ignored(tmp_path: Pat
     child = int(lines[0].split()[1])
     leader = p.pid
     assert leader is not None
-    assert not _gone(child)
+    assert not gone(child)
     await asyncio.wait_for(p.stop(grace_s=0.3), 10)
     for _ in range(250):  # up to 5 s for the kernel to finish the kills
-        if _gone(child) and _gone(leader):
+        if gone(child) and gone(leader):
             break
         await asyncio.sleep(0.02)
-    assert _gone(child), "the grandchild survived"
-    assert _gone(leader)
+    assert gone(child), "the grandchild survived"
+    assert gone(leader)
 
 
 async def test_a_huge_output_line_is_logged_not_fatal(tmp_path: Path) -> None:

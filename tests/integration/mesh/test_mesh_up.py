@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.processes import gone
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +38,6 @@ clients:
     namespace: web
     command: ["{python}", "-c", "import time; print('frontend up', flush=True); time.sleep(600)"]
 """
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 class Mesh:
@@ -130,10 +123,10 @@ def test_up_serves_over_mtls_and_stops_with_no_orphans(mesh: Mesh) -> None:
     assert len(pids) == 6
     assert mesh.stop() == 0
     for _ in range(100):
-        if all(_gone(p) for p in pids):
+        if all(gone(p) for p in pids):
             break
         time.sleep(0.05)
-    assert [p for p in pids if not _gone(p)] == []
+    assert [p for p in pids if not gone(p)] == []
     assert not (mesh.dir / ".meshlet" / "mesh.json").exists()
 
 
@@ -297,10 +290,10 @@ def test_ctrl_c_while_starting_stops_everything(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert pids
     for _ in range(100):
-        if all(_gone(p) for p in pids):
+        if all(gone(p) for p in pids):
             break
         time.sleep(0.05)
-    assert [p for p in pids if not _gone(p)] == []
+    assert [p for p in pids if not gone(p)] == []
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in out  # nothing started from this mesh is left
 

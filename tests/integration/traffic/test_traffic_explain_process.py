@@ -4,15 +4,12 @@ lead's demo and users' scripts rely on (exit codes, JSON keys)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.support.processes import run_meshlet
 
 pytestmark = pytest.mark.integration
-
-MESHLET = Path(sys.executable).parent / "meshlet"
 
 ROUTES = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -29,16 +26,10 @@ spec:
 """
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MESHLET), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_explain_process_json(tmp_path: Path) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES)
-    result = run(
+    result = run_meshlet(
         "route",
         "explain",
         "--routing",
@@ -66,6 +57,6 @@ def test_explain_process_json(tmp_path: Path) -> None:
 def test_explain_process_config_error_exit_code(tmp_path: Path) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES.replace("timeouts: {request: 30s}", "timeouts: {request: 30}"))
-    result = run("route", "explain", "--routing", str(routes), "--host", "inference")
+    result = run_meshlet("route", "explain", "--routing", str(routes), "--host", "inference")
     assert result.returncode == 2
     assert f"{routes}:9: spec.rules[0].timeouts.request" in result.stderr

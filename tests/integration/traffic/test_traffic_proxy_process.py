@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.integration.traffic.test_traffic_proxy_mesh import (
     two_versions,
 )
 from tests.integration.traffic.test_traffic_proxy_split import CANARY
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -68,16 +68,6 @@ async def _spawn(cfg: Path) -> asyncio.subprocess.Process:
     )
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 async def test_proxy_process_routes_with_yaml_routing_and_labels(tpki: Pki, tmp_path: Path) -> None:
     async with mesh_of(tpki, tmp_path, two_versions(), CANARY) as mesh:
         proc = await _spawn(_bootstrap(tpki, mesh, tmp_path, CANARY))
@@ -94,7 +84,7 @@ async def test_proxy_process_routes_with_yaml_routing_and_labels(tpki: Pki, tmp_
                 assert mixed["v1"] + mixed["v2"] == 100
                 assert mixed["v1"] > mixed["v2"]  # 90/10 split
         finally:
-            await _stop(proc)
+            await stop_process(proc)
 
 
 async def test_proxy_process_refuses_bad_routing_with_file_and_line(
@@ -111,4 +101,4 @@ async def test_proxy_process_refuses_bad_routing_with_file_and_line(
             assert "inference.yaml:" in text
             assert "v9" in text
         finally:
-            await _stop(proc)
+            await stop_process(proc)
