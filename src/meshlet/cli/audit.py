@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from meshlet.cli.flags import show_usage
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Work with meshlet's hash-chained audit logs.",
     )
     sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
-    audit.set_defaults(handler=lambda _args: _usage(audit))
+    audit.set_defaults(handler=lambda _args: show_usage(audit))
     verify = sub.add_parser("verify", help="check the chain and name the first broken line")
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE", help="oldest first")
     verify.add_argument(
@@ -31,11 +32,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(handler=_verify)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -8,9 +8,10 @@ against these names, so they are a contract: ``init``, ``issue``, ``token``,
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from meshlet.cli.flags import show_usage
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"  # Istio's and Kubernetes' default
 
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Manage the mesh certificate authority (SPIFFE X.509-SVIDs).",
     )
     sub = ca.add_subparsers(dest="ca_command", metavar="ACTION")
-    ca.set_defaults(handler=lambda _args: _usage(ca))
+    ca.set_defaults(handler=lambda _args: show_usage(ca))
 
     init = sub.add_parser("init", help="create a root and an issuer CA in a directory")
     init.add_argument("--dir", required=True, type=Path, help="CA directory to create")
@@ -67,11 +68,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     retire.add_argument("--dir", required=True, type=Path, help="CA directory")
     retire.set_defaults(handler=_retire_roots)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _now() -> float:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from meshlet.cli.flags import header_pairs, show_usage
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Inspect PeerAuthentication / AuthorizationPolicy / RequestAuthentication.",
     )
     sub = policy.add_subparsers(dest="policy_command", metavar="ACTION")
-    policy.set_defaults(handler=lambda _args: _usage(policy))
+    policy.set_defaults(handler=lambda _args: show_usage(policy))
     ex = sub.add_parser("explain", help="decide one request and show which policy and rule")
     ex.add_argument(
         "--policies",
@@ -58,11 +59,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     ex.set_defaults(handler=_explain)
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
-
-
 def _pairs(text: str, flag: str) -> dict[str, str]:
     from meshlet.errors import ConfigError
 
@@ -81,11 +77,7 @@ def build_request(args: argparse.Namespace) -> Any:
     from meshlet.policy.attributes import RequestAttributes, strip_spiffe
 
     headers: dict[str, tuple[str, ...]] = {}
-    for item in args.header:
-        name, eq, value = item.partition("=")
-        if not eq or not name:
-            raise ConfigError(f"--header {item!r}: expected NAME=VALUE")
-        key = name.strip().lower()
+    for key, value in header_pairs(args.header):
         headers[key] = (*headers.get(key, ()), value)
     claims: dict[str, Any] = {}
     if args.jwt_claims:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from meshlet.cli.flags import header_pairs, show_usage
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Inspect VirtualService / DestinationRule / HTTPRoute routing.",
     )
     sub = route.add_subparsers(dest="route_command", metavar="ACTION")
-    route.set_defaults(handler=lambda _args: _usage(route))
+    route.set_defaults(handler=lambda _args: show_usage(route))
     explain = sub.add_parser("explain", help="show the route, backends, timeout and retries")
     explain.add_argument(
         "--routing",
@@ -50,22 +51,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     explain.set_defaults(handler=_explain)
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
-
-
 def _explain(args: argparse.Namespace) -> int:
     from meshlet.errors import ConfigError
     from meshlet.traffic.explain import explain
     from meshlet.traffic.loader import load_routing
 
-    headers: dict[str, str] = {}
-    for item in args.header:
-        name, eq, value = item.partition("=")
-        if not eq or not name:
-            raise ConfigError(f"--header {item!r}: expected NAME=VALUE")
-        headers[name.strip().lower()] = value
+    headers = dict(header_pairs(args.header))  # the last of a repeated name wins
     body: bytes | None = None
     if args.body_file is not None:
         try:
