@@ -1,14 +1,12 @@
 """``ProxyServer``: the sidecar's listeners, identity, deadline sweep and drain.
 
-Listeners run their own accept loop (``loop.sock_accept``) rather than
-``create_server``: the TLS context is read per handshake (a certificate reload
-reaches new handshakes only, live connections are untouched), handshake
-failures are seen and counted by reason, and PERMISSIVE mode can peek at the
-first byte (0x16 = a TLS handshake record, RFC 8446 §5.1) without consuming it.
+Binding and the accept loops live in ``proxy/accept.py``; building clusters,
+checking a new config and describing the running one in ``proxy/reconfig.py``.
 
 Deadlines (header read, idle, upstream response) are fields on connections;
 one periodic sweep per server checks them and refreshes a coarse clock, so the
-request path never arms a timer.
+unrouted request path never arms a timer (routed requests with a route timeout
+arm one each: ``proxy/flight.py``).
 """
 
 from __future__ import annotations
@@ -22,15 +20,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from meshlet.clock import Clock, MonotonicClock
-from meshlet.config.bootstrap import Address, BootstrapConfig, MtlsMode, WorkloadConfig
+from meshlet.config.bootstrap import BootstrapConfig, MtlsMode, WorkloadConfig
 from meshlet.errors import ConfigError, IdentityError
-from meshlet.proxy.driver_down import DownstreamConnection
+from meshlet.proxy.accept import ListenerSetup, bind_listener
 from meshlet.proxy.exchange import Listener, RequestIds
 from meshlet.proxy.hooks import InboundGate
 from meshlet.proxy.inbound import InboundRouter
 from meshlet.proxy.outbound import OutboundRouter
 from meshlet.proxy.pool import Cluster, EndpointPool
-from meshlet.proxy.tls import LoadedIdentity, handshake_failure_reason, load_identity
+from meshlet.proxy.reconfig import build_clusters, describe_config, rebind_problems
+from meshlet.proxy.tls import LoadedIdentity, load_identity
 
 if TYPE_CHECKING:
     from meshlet.telemetry.metrics import GoldenMetrics
@@ -39,10 +38,8 @@ __all__ = ["ProxyServer"]
 
 logger = logging.getLogger(__name__)
 
-_TLS_HANDSHAKE_BYTE = 0x16
 
-
-class ProxyServer:
+class ProxyServer(ListenerSetup):
     """One worker's data plane: an inbound and/or outbound HTTP listener."""
 
     def __init__(
@@ -59,6 +56,7 @@ class ProxyServer:
         self.clock = clock
         self.access_log = access_log
         self._gate = inbound_gate
+        self._retired_gates: list[InboundGate] = []  # replaced by apply_config
         self._identity: LoadedIdentity | None = None
         self._ids = RequestIds()
         self._socks: dict[str, socket.socket] = {}
@@ -146,7 +144,7 @@ class ProxyServer:
             sock = (
                 given.pop("outbound")
                 if "outbound" in given
-                else _bind(cfg.outbound.listen, reuse_port)
+                else bind_listener(cfg.outbound.listen, reuse_port)
             )
             self._socks["outbound"] = sock
             self.outbound_listener = self._outbound_listener()
@@ -156,7 +154,7 @@ class ProxyServer:
             sock = (
                 given.pop("inbound")
                 if "inbound" in given
-                else _bind(cfg.inbound.listen, reuse_port)
+                else bind_listener(cfg.inbound.listen, reuse_port)
             )
             self._socks["inbound"] = sock
             if cfg.inbound.protocol == "tcp":
@@ -187,23 +185,10 @@ class ProxyServer:
         router = OutboundRouter(clusters={}, local_principal=self._principal)
         listener = self._new_listener("outbound", router)
         client_ctx = lambda: self._current().client  # noqa: E731 - read per connect
-        clusters: dict[str, Cluster] = {}
-        for svc in self.config.outbound.services:
-            if svc.protocol != "http":
-                continue
-            pools = tuple(
-                EndpointPool(
-                    address=ep.address,
-                    identity=ep.identity,
-                    listener=listener,
-                    ssl_context=client_ctx,
-                    labels=ep.labels,
-                )
-                for ep in svc.endpoints
-            )
-            clusters[svc.name] = Cluster(name=svc.name, protocol=svc.protocol, endpoints=pools)
-        router.clusters = {name.encode("ascii").lower(): c for name, c in clusters.items()}
-        self._clusters.extend(clusters.values())
+        router.clusters = build_clusters(
+            self.config.outbound.services, listener=listener, ssl_context=client_ctx, kept={}
+        )
+        self._clusters.extend(router.clusters.values())
         if self.config.outbound.routing:
             from meshlet.proxy.routing import OutboundTraffic
             from meshlet.traffic.loader import load_routing
@@ -234,47 +219,6 @@ class ProxyServer:
         listener.scheme = b"https"
         return listener
 
-    async def _start_tcp_inbound(self, sock: socket.socket) -> None:
-        from meshlet.proxy.tcp import TcpInboundListener
-
-        inbound = self.config.inbound
-        assert inbound is not None, "BUG: no inbound config"
-        listener = TcpInboundListener(
-            sock,
-            app=inbound.app,
-            mtls=inbound.mtls,
-            identity=self._current,
-            metrics=self.metrics,
-            timeouts=self.config.timeouts,
-            gate=self._gate,
-            service=self.config.workload.name or "inbound",
-        )
-        await listener.start()
-        self._tcp.append(listener)
-
-    async def _start_tcp_outbound(self, given: dict[str, socket.socket], reuse_port: bool) -> None:
-        outbound = self.config.outbound
-        assert outbound is not None, "BUG: no outbound config"
-        tcp_services = [s for s in outbound.services if s.protocol == "tcp"]
-        if not tcp_services:
-            return
-        from meshlet.proxy.tcp import TcpOutboundListener
-
-        for svc in tcp_services:
-            if svc.listen is None:
-                raise AssertionError("BUG: tcp service without listen passed validation")
-            sock = _take(given, f"tcp:{svc.name}", svc.listen, reuse_port)
-            self._socks[f"tcp:{svc.name}"] = sock
-            listener = TcpOutboundListener(
-                sock,
-                service=svc,
-                identity=self._current,
-                metrics=self.metrics,
-                timeouts=self.config.timeouts,
-            )
-            await listener.start()
-            self._tcp.append(listener)
-
     # -- dynamic configuration (control plane) ------------------------------
 
     def apply_config(self, new: BootstrapConfig) -> None:
@@ -286,31 +230,7 @@ class ProxyServer:
         raises ConfigError and the old config keeps serving (the dynamic client
         NACKs it)."""
         old = self.config
-        problems = [
-            what
-            for what, a, b in (
-                ("inbound", old.inbound is None, new.inbound is None),
-                ("outbound", old.outbound is None, new.outbound is None),
-                ("identity", old.identity, new.identity),
-            )
-            if a != b
-        ]
-        if old.inbound is not None and new.inbound is not None:
-            o, n = old.inbound, new.inbound
-            problems += [
-                f"inbound.{k}"
-                for k in ("listen", "app", "protocol")
-                if getattr(o, k) != getattr(n, k)
-            ]
-            if (o.policies, o.mtls) != (n.policies, n.mtls) and n.protocol != "http":
-                problems.append("inbound.policies/mtls (protocol tcp)")
-        if old.outbound is not None and new.outbound is not None:
-            o2, n2 = old.outbound, new.outbound
-            if o2.listen != n2.listen:
-                problems.append("outbound.listen")
-            tcp = {s for s in n2.services if s.protocol != "http"}
-            if tcp != {s for s in o2.services if s.protocol != "http"}:
-                problems.append("outbound tcp services")
+        problems = rebind_problems(old, new)
         if problems:
             raise ConfigError(f"cannot change on a running proxy: {', '.join(problems)}")
         gate_changed = (
@@ -342,24 +262,9 @@ class ProxyServer:
                 (p.address, p.identity, p.labels): p for c in self._clusters for p in c.endpoints
             }
             client_ctx = lambda: self._current().client  # noqa: E731 - read per connect
-            clusters: dict[bytes, Cluster] = {}
-            for svc in new.outbound.services:
-                if svc.protocol != "http":
-                    continue
-                pools = tuple(
-                    kept.pop(key)
-                    if (key := (ep.address, ep.identity, ep.labels)) in kept
-                    else EndpointPool(
-                        address=ep.address,
-                        identity=ep.identity,
-                        listener=listener,
-                        ssl_context=client_ctx,
-                        labels=ep.labels,
-                    )
-                    for ep in svc.endpoints
-                )
-                cluster = Cluster(name=svc.name, protocol=svc.protocol, endpoints=pools)
-                clusters[svc.name.encode("ascii").lower()] = cluster
+            clusters = build_clusters(
+                new.outbound.services, listener=listener, ssl_context=client_ctx, kept=kept
+            )
             router.clusters = clusters  # the single reference swap
             if routing_changed:
                 from meshlet.proxy.routing import OutboundTraffic
@@ -381,95 +286,15 @@ class ProxyServer:
             inbound = self.inbound_listener.router
             assert isinstance(inbound, InboundRouter), "BUG: inbound listener without router"
             inbound.gate = gate
+            if self._gate is not None:
+                # Its records go on being written; close() drains it at the end.
+                self._retired_gates.append(self._gate)
             self._gate = gate
         self.config = new
         if routing_changed and self._sweeper is not None and not self._closed:
             # The sweep's interval follows the shortest timeout, route ones included.
             self._sweeper.cancel()
             self._schedule_sweep(asyncio.get_running_loop())
-
-    # -- accepting ----------------------------------------------------------
-
-    def _spawn_accept(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        listener: Listener,
-        mode: MtlsMode,
-    ) -> None:
-        sock.setblocking(False)
-        task = loop.create_task(self._accept_loop(loop, sock, listener, mode))
-        self._accepting.append(task)
-
-    async def _accept_loop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        lsock: socket.socket,
-        listener: Listener,
-        mode: MtlsMode,
-    ) -> None:
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(lsock)
-            except OSError as exc:  # EMFILE and friends: back off and keep serving
-                logger.warning("accept_failed", extra={"error": str(exc)})
-                await asyncio.sleep(0.1)
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if listener is self.inbound_listener and self.config.inbound is not None:
-                mode = self.config.inbound.mtls  # apply_config may have changed it
-            if mode is MtlsMode.DISABLE:
-                await self._plain(loop, sock, listener)
-                continue
-            task = loop.create_task(self._secure(loop, sock, listener, mode))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-
-    async def _plain(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, listener: Listener
-    ) -> None:
-        try:
-            await loop.connect_accepted_socket(lambda: DownstreamConnection(listener), sock)
-        except OSError:
-            sock.close()
-
-    async def _secure(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        listener: Listener,
-        mode: MtlsMode,
-    ) -> None:
-        timeout = self.config.timeouts.header_read_s
-        if mode is MtlsMode.PERMISSIVE:
-            try:
-                first = await asyncio.wait_for(_peek_byte(loop, sock), timeout)
-            except (TimeoutError, OSError):
-                sock.close()
-                return
-            if first is None:
-                sock.close()
-                return
-            if first != _TLS_HANDSHAKE_BYTE:
-                await self._plain(loop, sock, listener)
-                return
-        ctx = self._current().server
-        proto = DownstreamConnection(listener, mtls=True)
-        try:
-            # uvloop returns its SSL wrapper as the protocol, so keep our own reference.
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: proto,
-                sock,
-                ssl=ctx,
-                ssl_handshake_timeout=timeout,
-            )
-        except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
-            self.metrics.tls_handshake_failure(handshake_failure_reason(exc))
-            sock.close()
-            return
-        if proto.principal is None:
-            self.metrics.tls_handshake_failure("no_spiffe_id")
-            transport.abort()
 
     # -- deadlines ----------------------------------------------------------
 
@@ -568,9 +393,10 @@ class ProxyServer:
         # Flush what the request path queued: a ``--workers`` child ends with
         # os._exit, which skips atexit, so the audit and access logs are drained
         # here rather than at interpreter exit.
-        gate_close = getattr(self._gate, "close", None)
-        if gate_close is not None:
-            gate_close()
+        for gate in (*self._retired_gates, self._gate):
+            gate_close = getattr(gate, "close", None)
+            if gate_close is not None:
+                gate_close()
         if self.access_log is not None:
             self.access_log.close()
 
@@ -596,106 +422,16 @@ class ProxyServer:
 
     def config_dump(self) -> dict[str, Any]:
         """The running configuration as JSON-able data; paths only, never key bytes."""
-        cfg = self.config
-        ident = self._identity
-        out: dict[str, Any] = {
-            "source": cfg.source,
-            "identity": {
-                "cert": str(cfg.identity.cert),
-                "key": str(cfg.identity.key),
-                "bundle": str(cfg.identity.bundle),
-                "spiffe_id": ident.spiffe_id if ident else None,
-                "serial": ident.serial if ident else None,
-                "not_after": ident.not_after if ident else None,
-            },
-            "admin": str(cfg.admin) if cfg.admin else None,
-            "timeouts": {k: getattr(cfg.timeouts, k) for k in cfg.timeouts.__slots__},
-            "limits": {k: getattr(cfg.limits, k) for k in cfg.limits.__slots__},
-            "workload": {
-                "name": cfg.workload.name,
-                "namespace": cfg.workload.namespace,
-                "service_account": cfg.workload.service_account,
-                "labels": dict(cfg.workload.labels),
-            },
-        }
-        if cfg.inbound is not None:
-            out["inbound"] = {
-                "listen": str(cfg.inbound.listen),
-                "bound": _fmt(self.inbound_address),
-                "app": str(cfg.inbound.app),
-                "mtls": cfg.inbound.mtls.value,
-                "protocol": cfg.inbound.protocol,
-                "policies": [str(p) for p in cfg.inbound.policies],
-                "gate": type(self._gate).__name__ if self._gate is not None else None,
-            }
-        if cfg.outbound is not None:
-            out["outbound"] = {
-                "listen": str(cfg.outbound.listen),
-                "bound": _fmt(self.outbound_address),
-                "services": {
-                    svc.name: {
-                        "protocol": svc.protocol,
-                        "listen": str(svc.listen) if svc.listen else None,
-                        "endpoints": [
-                            {
-                                "address": str(ep.address),
-                                "identity": ep.identity,
-                                "labels": dict(ep.labels),
-                            }
-                            for ep in svc.endpoints
-                        ],
-                    }
-                    for svc in cfg.outbound.services
-                },
-            }
-        return out
+        return describe_config(
+            self.config,
+            self._identity,
+            inbound=self.inbound_address,
+            outbound=self.outbound_address,
+            gate=self._gate,
+        )
 
 
 def _fast_monotonic(clock: Clock) -> Callable[[], float]:
     """The real clock's reading without a Python frame per call (the request path
     reads it two or three times per request); any other clock as given."""
     return time.monotonic if isinstance(clock, MonotonicClock) else clock.monotonic
-
-
-def _fmt(addr: tuple[str, int] | None) -> str | None:
-    return None if addr is None else f"{addr[0]}:{addr[1]}"
-
-
-def _take(
-    given: dict[str, socket.socket], key: str, address: Address, reuse_port: bool
-) -> socket.socket:
-    """The pre-bound socket for ``key`` if one was handed in, else a new one."""
-    sock = given.pop(key, None)
-    return sock if sock is not None else _bind(address, reuse_port)
-
-
-def _bind(address: Address, reuse_port: bool) -> socket.socket:
-    """A listening socket; ConfigError (not a traceback) when the port is taken."""
-    try:
-        return socket.create_server(
-            (address.host, address.port),
-            backlog=1024,
-            reuse_port=reuse_port,
-            family=socket.AF_INET6 if ":" in address.host else socket.AF_INET,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
-
-
-async def _peek_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int | None:
-    """The first byte the peer sent, without consuming it; None on EOF."""
-    readable: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not readable.done():
-            readable.set_result(None)
-
-    loop.add_reader(sock.fileno(), wake)
-    try:
-        await readable
-    finally:
-        loop.remove_reader(sock.fileno())
-    with contextlib.suppress(BlockingIOError):
-        first = sock.recv(1, socket.MSG_PEEK)
-        return first[0] if first else None
-    return None
