@@ -4,27 +4,26 @@ The drivers call it at five points (``exchange.Exchange.ctl``): request body
 chunk, request end, response head, failure (before a synthetic answer) and
 finish. It decides, in order: plan, fault, body limit, inference shedding, pool
 limits, endpoint; then per attempt: deadlines, and whether a response or
-failure is retried (``decide_retry``: attempts, retryOn, the 64 KiB replay
-buffer, the retry budget, ``maxRetries``). Mirrors get a fire-and-forget copy
-from ``mirror.MirrorSender``. ``routing.OutboundTraffic`` creates flights.
+failure is retried (``flight_retry.py`` holds the body buffer, the deadline
+timers and the retry decisions). Mirrors get a fire-and-forget copy from
+``mirror.MirrorSender``. ``routing.OutboundTraffic`` creates flights.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING
 
 from meshlet.config.routing import HeaderOps
 from meshlet.errors import NoRoute
 from meshlet.proxy import rescue as rescues
 from meshlet.proxy.exchange import CHUNKED, Exchange
+from meshlet.proxy.flight_retry import DISCARD_BYTES, BodyBuffer, Retrying
 from meshlet.proxy.heads import request_head
 from meshlet.traffic.balancer import Endpoint
 from meshlet.traffic.inference import Admit, admit
 from meshlet.traffic.match import MODEL_HEADER, RequestAttributes
 from meshlet.traffic.model_name import ModelFieldScanner, ScanState
-from meshlet.traffic.retry import RETRY_BUFFER_BYTES, Failure, decide_retry
 from meshlet.traffic.router import ForwardPlan
 
 if TYPE_CHECKING:
@@ -37,25 +36,6 @@ _MODEL_HEADER = MODEL_HEADER.encode("ascii")
 # Sidecar refusals also counted in meshlet_upstream_errors_total{kind=...}.
 _COUNTED = frozenset({"overflow", "shed", "no_healthy_upstream"})
 
-logger = logging.getLogger("meshlet.proxy.routing")  # one logger name for routing events
-
-_FAILURES = {
-    "upstream_connect": Failure.CONNECT_FAILURE,
-    "upstream_reset": Failure.RESET,
-    "upstream_protocol": Failure.RESET,
-    "upstream_timeout": Failure.PER_TRY_TIMEOUT,
-}
-# Envoy's retry back-off: base 25 ms, full jitter, doubling per retry, capped at
-# 10x the base (config.route.v3.RetryPolicy.retry_back_off).
-_BACKOFF_BASE_S = 0.025
-_BACKOFF_MAX_S = 0.25
-# Request body read and dropped after a 413 before the connection is closed
-# instead (nginx's lingering close reads for a bounded time in the same spirit).
-DISCARD_BYTES = 1024 * 1024
-# Event loops keep a cached "now" (libuv's uv_now, 1 ms resolution), so a timer
-# may run a little before its deadline by time.monotonic; within this it counts.
-_TIMER_SLACK_S = 0.001
-
 
 def _apply_ops(headers: list[tuple[bytes, bytes]], ops: HeaderOps) -> list[tuple[bytes, bytes]]:
     if ops.remove or ops.set:
@@ -66,36 +46,10 @@ def _apply_ops(headers: list[tuple[bytes, bytes]], ops: HeaderOps) -> list[tuple
     return headers
 
 
-class Flight:
+class Flight(BodyBuffer, Retrying):
     """One routed request across its attempts."""
 
-    __slots__ = (
-        "attempt_started",
-        "body_limit",
-        "body_refused",
-        "body_seen",
-        "buffer",
-        "buffer_bytes",
-        "buffer_over",
-        "deadline_timer",
-        "endpoint",
-        "ex",
-        "extra",
-        "holding",
-        "host",
-        "in_retry",
-        "mirrored",
-        "plan",
-        "retries",
-        "route_deadline",
-        "rt",
-        "scanner",
-        "target",
-        "timer",
-        "total_deadline",
-        "traffic",
-        "tried",
-    )
+    __slots__ = ()  # declared by _FlightState, shared with the mixins
 
     def __init__(
         self, traffic: OutboundTraffic, ex: Exchange, host: str, target: bytes, extra: list[bytes]
@@ -134,43 +88,6 @@ class Flight:
 
     # -- driver hooks ---------------------------------------------------------
 
-    def on_body(self, ex: Exchange, body: bytes) -> bool:
-        """A request body chunk; False: do not forward it (answered already)."""
-        if ex.ended:
-            return False
-        n = len(body)
-        self.body_seen += n
-        limit = self.body_limit
-        if limit is not None and self.body_seen > limit:
-            self._refuse_body(limit)
-            return False
-        self._keep(body)
-        scanner = self.scanner
-        if scanner is not None:
-            found = scanner.feed(body)
-            if found.state is not ScanState.NEED_MORE:
-                self.scanner = None
-                self.route(found.model if found.state is ScanState.FOUND else None)
-        return True
-
-    def _keep(self, body: bytes) -> None:
-        """Hold the body for replay and mirrors while it fits the 64 KiB buffer."""
-        if not self.buffer_over:
-            n = len(body)
-            if self.buffer_bytes + n <= RETRY_BUFFER_BYTES:
-                self.buffer.append(body)
-                self.buffer_bytes += n
-            else:  # streamed past the replay buffer: no retry, no mirror from here on
-                self.buffer_over = True
-                self.buffer = []
-
-    def received_before_start(self, parts: list[bytes]) -> None:
-        """Body parts parsed before routing began (a pipelined request waits in
-        line with its body already read): count and hold them like later ones."""
-        for part in parts:
-            self.body_seen += len(part)
-            self._keep(part)
-
     def on_request_end(self, ex: Exchange) -> None:
         if self.body_refused:
             limit = self.body_limit or 0
@@ -183,47 +100,6 @@ class Flight:
         elif self.plan is not None and self.holding:
             self._mirror()
 
-    def response_deadline(self, default: float) -> float:
-        """When the attempt just attached must have a response head."""
-        plan = self.plan
-        deadline = default
-        if self.total_deadline:
-            deadline = self.total_deadline
-        if plan is not None:
-            per_try = plan.retries.per_try_timeout_s
-            if per_try is not None:
-                deadline = min(deadline, self.traffic.listener.monotonic() + per_try)
-        if deadline != default:
-            self._arm_deadline(deadline)
-        return deadline
-
-    def _arm_deadline(self, deadline: float) -> None:
-        """A timer at a route deadline (total or per try). The server's sweep
-        alone would fire it up to one sweep interval late (20 ms to 1 s); one
-        ``call_later`` per routed request with a timeout costs about a
-        microsecond and fires within a millisecond or two."""
-        if self.deadline_timer is not None:
-            self.deadline_timer.cancel()
-        self.route_deadline = deadline
-        delay = max(deadline - self.traffic.listener.monotonic(), 0.0)
-        self.deadline_timer = asyncio.get_running_loop().call_later(delay, self._deadline_due)
-
-    def _deadline_due(self) -> None:
-        self.deadline_timer = None
-        ex = self.ex
-        up = ex.upstream
-        if ex.ended or up is None or up.closed or up.ex is not ex:
-            return  # answered, or between attempts (the next attach re-arms)
-        deadline = up.deadline
-        if not deadline or deadline not in (self.route_deadline, self.total_deadline):
-            return  # not a route deadline (the sweep keeps the others)
-        if self.traffic.listener.monotonic() + _TIMER_SLACK_S < deadline:
-            # Early (the loop's cached time), or the head came and the total
-            # timeout now bounds the rest of the response: wait for that.
-            self._arm_deadline(deadline)
-            return
-        up.on_timeout()
-
     @property
     def idle_s(self) -> float:
         plan = self.plan
@@ -234,51 +110,12 @@ class Flight:
         plan, rt, ep = self.plan, self.rt, self.endpoint
         if plan is None or rt is None or ep is None:
             return False
-        if status >= 400:  # decide_retry says no to what retryOn does not name
-            decision = decide_retry(
-                plan.retries,
-                retries_done=self.retries,
-                status=status,
-                body_bytes_sent=self.body_seen,
-                body_complete=ex.req_done and not self.buffer_over,
-                budget=rt.state.budget,
-                now=self.traffic.listener.now,
-            )
-            if decision.retry and self._retry_admitted():
-                self._record(ex.head_at, status)
-                up.ex = None
-                ex.upstream = None
-                up.close()
-                self._retry()
-                return True
+        if status >= 400 and self._retry_on_status(ex, up, status, plan, rt):
+            return True
         ops = plan.response_headers
         if ops.set or ops.add or ops.remove:
             up.headers = _apply_ops(up.headers, ops)
         return False
-
-    def on_failure(self, ex: Exchange, r: rescues.Rescue) -> bool:
-        """An attempt failed with no response; True: retried."""
-        failure = _FAILURES.get(r.error)
-        plan, rt = self.plan, self.rt
-        if failure is None or self.endpoint is None or plan is None or rt is None:
-            return False
-        now = self.traffic.listener.monotonic()
-        self._record(now, 0)
-        if self.total_deadline and now >= self.total_deadline:
-            return False
-        decision = decide_retry(
-            plan.retries,
-            retries_done=self.retries,
-            failure=failure,
-            body_bytes_sent=self.body_seen,
-            body_complete=ex.req_done and not self.buffer_over,
-            budget=rt.state.budget,
-            now=self.traffic.listener.now,
-        )
-        if not decision.retry or not self._retry_admitted():
-            return False
-        self._retry()
-        return True
 
     def finish(self, ex: Exchange, now: float) -> None:
         """The exchange ended (answered, failed or the client left)."""
@@ -467,52 +304,6 @@ class Flight:
         ex.head_at = 0.0
         pool.forward(ex)
 
-    def _retry_admitted(self) -> bool:
-        rt = self.rt
-        if rt is None:
-            return False
-        if self.in_retry:
-            return True  # already counted as one retry in flight
-        if not rt.state.limits.try_start_retry().admitted:
-            return False
-        self.in_retry = True
-        return True
-
-    def _retry(self) -> None:
-        ex = self.ex
-        self.retries += 1
-        ex.upstream = None
-        ex.pending = list(self.buffer)
-        ex.pending_bytes = self.buffer_bytes
-        ex.head_at = 0.0
-        backoff = min(_BACKOFF_BASE_S * 2 ** (self.retries - 1), _BACKOFF_MAX_S)
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(backoff * self.traffic.rng.random(), self._attempt_later)
-
-    def _attempt_later(self) -> None:
-        self.timer = None
-        self._attempt()
-
-    def _record(self, at: float, status: int) -> None:
-        ep, rt = self.endpoint, self.rt
-        self.endpoint = None
-        if ep is None or rt is None:
-            return
-        outcome = rt.state.record(
-            ep, max(0.0, at - self.attempt_started), status, self.traffic.listener.now
-        )
-        if outcome.ejection is not None:
-            e = outcome.ejection
-            logger.info(
-                "outlier_ejected",
-                extra={
-                    "cluster": rt.name,
-                    "endpoint": e.endpoint,
-                    "reason": e.reason,
-                    "times": e.times,
-                },
-            )
-
     def _mirror(self) -> None:
         plan = self.plan
         if self.mirrored or plan is None or not plan.mirrors:
@@ -554,26 +345,6 @@ class Flight:
             chunked=False,
             upgrade=None,
         )
-
-    def _refuse_body(self, limit: int) -> None:
-        """Past the body limit: stop the attempt, read and drop the rest of the body
-        and answer 413 when it ends, so the client reads the answer instead of a
-        reset (closing a socket with unread input sends RST, RFC 1122 4.2.2.13).
-        A body that goes on past ``DISCARD_BYTES`` more gets the 413 and a close."""
-        ex = self.ex
-        if self.body_refused:
-            if self.body_seen - limit > DISCARD_BYTES:
-                self._answer(rescues.body_too_large(limit))
-            return
-        self.body_refused = True
-        self.scanner = None
-        up, ex.upstream = ex.upstream, None
-        if up is not None:
-            up.ex = None  # detached: its close is not this request's failure
-            up.close()
-        ex.pending = None
-        if self.endpoint is not None:
-            self._record(self.traffic.listener.monotonic(), 413)
 
     def _answer(self, r: rescues.Rescue) -> None:
         ex = self.ex

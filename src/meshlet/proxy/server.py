@@ -6,7 +6,7 @@ checking a new config and describing the running one in ``proxy/reconfig.py``.
 Deadlines (header read, idle, upstream response) are fields on connections;
 one periodic sweep per server checks them and refreshes a coarse clock, so the
 unrouted request path never arms a timer (routed requests with a route timeout
-arm one each: ``proxy/flight.py``).
+arm one each: ``proxy/flight_retry.py``).
 """
 
 from __future__ import annotations
