@@ -10,13 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
-from tests.integration.traffic.test_traffic_proxy_mesh import (
-    Replica,
-    mesh_of,
-    tpki_fixture,  # noqa: F401 - the "tpki" fixture
-)
-from tests.integration.traffic.test_traffic_proxy_resilience import dr, vs
+from tests.integration.proxy.conftest import Pki
+from tests.integration.traffic.mesh_support import Replica, dr, mesh_of, vs
 
 pytestmark = pytest.mark.integration
 

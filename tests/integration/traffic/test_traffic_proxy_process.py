@@ -10,20 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import (  # noqa: F401 - fixture by name
-    CLIENT_ID,
-    Pki,
-    session_ca,
-)
-from tests.integration.traffic.test_traffic_proxy_mesh import (
+from tests.integration.proxy.conftest import CLIENT_ID, Pki
+from tests.integration.traffic.mesh_support import (
+    CANARY,
     SUBSETS,
     Mesh,
     mesh_of,
     send_many,
-    tpki_fixture,  # noqa: F401 - the "tpki" fixture
     two_versions,
 )
-from tests.integration.traffic.test_traffic_proxy_split import CANARY
 from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.integration

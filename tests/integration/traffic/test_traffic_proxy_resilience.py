@@ -9,42 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
-from tests.integration.traffic.test_traffic_proxy_mesh import (
-    Replica,
-    mesh_of,
-    send_many,
-    tpki_fixture,  # noqa: F401 - the "tpki" fixture
-)
+from tests.integration.proxy.conftest import Pki
+from tests.integration.traffic.mesh_support import Replica, mesh_of, send_many
+
+# Re-exported: the test_traffic_fix_* modules import these from here.
+from tests.integration.traffic.mesh_support import dr as dr
+from tests.integration.traffic.mesh_support import vs as vs
 
 pytestmark = pytest.mark.integration
-
-
-def vs(http: str, annotations: str = "") -> str:
-    meta = "{name: inference, namespace: ml" + (
-        f", annotations: {{{annotations}}}}}" if annotations else "}"
-    )
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {meta}
-spec:
-  hosts: [inference]
-  http:
-{http}
-"""
-
-
-def dr(policy: str) -> str:
-    return f"""
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: inference, namespace: ml}}
-spec:
-  host: inference
-  trafficPolicy: {policy}
-"""
 
 
 async def test_5xx_burst_ejects_then_endpoint_returns(tpki: Pki, tmp_path: Path) -> None:

@@ -7,35 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
-from tests.integration.traffic.test_traffic_proxy_mesh import (
-    SUBSETS,
-    mesh_of,
-    send_many,
-    tpki_fixture,  # noqa: F401 - the "tpki" fixture
-    two_versions,
-)
+from tests.integration.proxy.conftest import Pki
+from tests.integration.traffic.mesh_support import CANARY, mesh_of, send_many, two_versions
 
 pytestmark = pytest.mark.integration
-
-CANARY = (
-    """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: inference, namespace: ml}
-spec:
-  hosts: [inference]
-  http:
-  - match: [{headers: {x-model-version: {exact: v2}}}]
-    route: [{destination: {host: inference, subset: v2}}]
-  - match: [{headers: {x-model-name: {exact: llama}}}]
-    route: [{destination: {host: inference, subset: v2}}]
-  - route:
-    - {destination: {host: inference, subset: v1}, weight: 90}
-    - {destination: {host: inference, subset: v2}, weight: 10}
----"""
-    + SUBSETS
-)
 
 
 async def test_90_10_split_within_binomial_bound_and_header_override(
