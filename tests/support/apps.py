@@ -1,12 +1,19 @@
-"""Small asyncio upstreams on 127.0.0.1 port 0: an HTTP/1.1 echo and a TCP echo."""
+"""Small asyncio upstreams on 127.0.0.1 port 0: an HTTP/1.1 echo, a TCP echo, and
+a scripted one-request-per-connection HTTP server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+
+# A scripted answer: (status, extra headers, body).
+Answer = tuple[int, dict[str, str], bytes]
+# (method, target, lowercase headers) -> the answer
+Handler = Callable[[str, str, dict[str, str]], Answer]
 
 
 @dataclass
@@ -90,3 +97,43 @@ async def tcp_echo() -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def http_server(
+    handler: Handler,
+) -> tuple[asyncio.Server, int, list[tuple[str, dict[str, str]]]]:
+    """A one-request-per-connection HTTP server on 127.0.0.1:0 whose answers
+    ``handler(method, target, headers)`` decides; returns the server, its port
+    and the list it appends each ``("METHOD target", headers)`` to."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target, _ = head[0].split(" ", 2)
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (h.partition(":") for h in head[1:] if h)
+            }
+            seen.append((f"{method} {target}", headers))
+            status, extra, body = handler(method, target, headers)
+            lines = [
+                f"HTTP/1.1 {status} X",
+                f"content-length: {len(body)}",
+                "connection: close",
+                *(f"{k}: {v}" for k, v in extra.items()),
+            ]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = await asyncio.start_server(serve, sock=sock)
+    return server, sock.getsockname()[1], seen
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that was just bound and closed: connecting is refused."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])

@@ -4,11 +4,9 @@ JWKS fetched over HTTP, CUSTOM ext-authz, and the audit log verified afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from tests.integration.proxy.conftest import CLIENT_ID, LOCAL, Pki, start_pair, stop_pair
+from tests.support.apps import closed_port, http_server
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import (
@@ -41,38 +40,6 @@ JWKS = json.dumps({"keys": [{**json.loads(RSAAlgorithm.to_jwk(KEY.public_key()))
 # -------------------------------------------------------------- tiny HTTP servers
 
 
-async def http_server(
-    handler: Callable[[str, str, dict[str, str]], tuple[int, dict[str, str], bytes]],
-) -> tuple[asyncio.Server, int, list[tuple[str, dict[str, str]]]]:
-    """A one-request-per-connection HTTP server on 127.0.0.1:0 recording requests."""
-    seen: list[tuple[str, dict[str, str]]] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            method, target, _ = head[0].split(" ", 2)
-            headers = {
-                k.strip().lower(): v.strip()
-                for k, _, v in (h.partition(":") for h in head[1:] if h)
-            }
-            seen.append((f"{method} {target}", headers))
-            status, extra, body = handler(method, target, headers)
-            lines = [
-                f"HTTP/1.1 {status} X",
-                f"content-length: {len(body)}",
-                "connection: close",
-                *(f"{k}: {v}" for k, v in extra.items()),
-            ]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-            await writer.drain()
-        finally:
-            writer.close()
-
-    sock = socket.create_server((LOCAL, 0))
-    server = await asyncio.start_server(serve, sock=sock)
-    return server, sock.getsockname()[1], seen
-
-
 def ext_authz(
     method: str, target: str, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes]:
@@ -89,11 +56,6 @@ def jwks_handler(
         if target == "/jwks"
         else (404, {}, b"")
     )
-
-
-def closed_port() -> int:
-    with socket.create_server((LOCAL, 0)) as s:
-        return int(s.getsockname()[1])
 
 
 # ----------------------------------------------------------------- policies

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+from tests.support.apps import Answer, http_server
 
 from meshlet.clock import ManualClock
 from meshlet.config.bootstrap import (
@@ -32,21 +32,15 @@ JWKS = json.dumps({"keys": [json.loads(ECAlgorithm.to_jwk(KEY.public_key()))]}).
 
 
 class FlakyJwks:
-    """Answers 503 to the first ``failures`` GETs, then the JWKS."""
+    """A JWKS endpoint that answers 503 to the first ``failures`` GETs, then the JWKS."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.hits = 0
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
+    def __call__(self, method: str, target: str, headers: dict[str, str]) -> Answer:
         self.hits += 1
-        ok = self.hits > self.failures
-        body = JWKS if ok else b"down"
-        status = "200 OK" if ok else "503 Unavailable"
-        writer.write(f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
-        await writer.drain()
-        writer.close()
+        return (200, {}, JWKS) if self.hits > self.failures else (503, {}, b"down")
 
 
 def gate_for(tmp_path: Path, port: int, clock: ManualClock) -> PolicyGate:
@@ -88,10 +82,9 @@ async def verdict_of(result: GateVerdict | Awaitable[GateVerdict]) -> GateVerdic
 
 async def test_failed_jwks_fetch_is_retried_in_background(tmp_path: Path) -> None:
     jwks = FlakyJwks(failures=1)
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = await asyncio.start_server(jwks.serve, sock=sock)
+    server, port, _ = await http_server(jwks)
     clock = ManualClock()
-    gate = gate_for(tmp_path, sock.getsockname()[1], clock)
+    gate = gate_for(tmp_path, port, clock)
     try:
         first = gate.check(request(clock))
         assert not isinstance(first, GateVerdict)  # waits for the first fetch
