@@ -125,6 +125,28 @@ spec:
 """
 
 
+def audited_gate(tmp_path: Path, policies: Path, workload: WorkloadConfig) -> PolicyGate:
+    """The inbound gate a STRICT sidecar of ``workload`` builds from ``policies``,
+    auditing to ``tmp_path/audit.log`` (the identity files are never read)."""
+    config = BootstrapConfig(
+        identity=IdentityFiles(cert=tmp_path / "c", key=tmp_path / "k", bundle=tmp_path / "b"),
+        admin=None,
+        inbound=InboundConfig(
+            listen=Address(host=LOCAL, port=0),
+            app=Address(host=LOCAL, port=1),
+            mtls=MtlsMode.STRICT,
+            protocol="http",
+            policies=(policies,),
+        ),
+        outbound=None,
+        workload=workload,
+        audit=AuditConfig(path=tmp_path / "audit.log"),
+    )
+    gate = build_gate(config, clock=MonotonicClock())
+    assert gate is not None
+    return gate
+
+
 class Env:
     def __init__(self, gate: PolicyGate, pair: Any, authz_seen: list[Any], jwks_seen: list[Any]):
         self.gate, self.pair, self.authz_seen, self.jwks_seen = gate, pair, authz_seen, jwks_seen
@@ -136,22 +158,8 @@ async def env(pki: Pki, tmp_path: Path) -> AsyncIterator[Env]:
     authz_server, authz_port, authz_seen = await http_server(ext_authz)
     path = tmp_path / "policies.yaml"
     path.write_text(policies(jwks_port, authz_port, closed_port()))
-    config = BootstrapConfig(
-        identity=IdentityFiles(cert=tmp_path / "c", key=tmp_path / "k", bundle=tmp_path / "b"),
-        admin=None,
-        inbound=InboundConfig(
-            listen=Address(host=LOCAL, port=0),
-            app=Address(host=LOCAL, port=1),
-            mtls=MtlsMode.STRICT,
-            protocol="http",
-            policies=(path,),
-        ),
-        outbound=None,
-        workload=WorkloadConfig(name="inference", namespace="ml", service_account="inference"),
-        audit=AuditConfig(path=tmp_path / "audit.log"),
-    )
-    gate = build_gate(config, clock=MonotonicClock())
-    assert gate is not None
+    workload = WorkloadConfig(name="inference", namespace="ml", service_account="inference")
+    gate = audited_gate(tmp_path, path, workload)
     pair = await start_pair(pki, gate=gate)
     try:
         yield Env(gate, pair, authz_seen, jwks_seen)
@@ -232,22 +240,7 @@ async def test_denied_principal(pki: Pki, tmp_path: Path) -> None:
         "metadata: {name: only-other, namespace: ml}\n"
         "spec:\n  rules: [{from: [{source: {principals: [cluster.local/ns/ml/sa/other]}}]}]\n"
     )
-    config = BootstrapConfig(
-        identity=IdentityFiles(cert=tmp_path / "c", key=tmp_path / "k", bundle=tmp_path / "b"),
-        admin=None,
-        inbound=InboundConfig(
-            listen=Address(host=LOCAL, port=0),
-            app=Address(host=LOCAL, port=1),
-            mtls=MtlsMode.STRICT,
-            protocol="http",
-            policies=(path,),
-        ),
-        outbound=None,
-        workload=WorkloadConfig(namespace="ml"),
-        audit=AuditConfig(path=tmp_path / "audit.log"),
-    )
-    gate = build_gate(config, clock=MonotonicClock())
-    assert gate is not None
+    gate = audited_gate(tmp_path, path, WorkloadConfig(namespace="ml"))
     pair = await start_pair(pki, gate=gate)
     try:
         async with httpx.AsyncClient(proxy=pair.proxy_url, timeout=T) as client:
