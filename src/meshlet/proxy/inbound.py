@@ -32,13 +32,15 @@ def normalize_target(target: bytes) -> bytes | None:
     The policy gate and the app then see the same path: a rule on
     ``/v2/models/*`` cannot be satisfied by ``/v2/models/../admin`` while the app
     resolves it to ``/admin`` (CVE-2021-31920's class of bypass)."""
-    q = target.find(b"?")
-    path, query = (target, b"") if q < 0 else (target[:q], target[q:])
     # Only '.' (dot segments, RFC 3986 §5.2.4), '%' (escapes, §6.2.2) and '\\'
     # (Envoy turns backslashes into slashes) can change a path; most inference
-    # paths (/v2/models/m/infer, /v1/chat/completions) hold none of them.
-    if b"." not in path and b"%" not in path and b"\\" not in path:
+    # targets (/v2/models/m/infer, /v1/chat/completions) hold none of them.
+    if b"." not in target and b"%" not in target and b"\\" not in target:
         return target  # the common case: three byte scans, no allocation
+    q = target.find(b"?")
+    path, query = (target, b"") if q < 0 else (target[:q], target[q:])
+    if b"." not in path and b"%" not in path and b"\\" not in path:
+        return target  # only the query has them; it is forwarded as sent
     if b"%00" in path:
         return None
     text = path.decode("latin-1").replace("\\", "/")
