@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.processes import gone
+from tests.support.processes import gone, run_meshlet
 
 pytestmark = pytest.mark.integration
 
@@ -152,13 +152,7 @@ def test_killed_sidecar_is_restarted_and_serves_again(mesh: Mesh) -> None:
 
 
 def test_second_up_on_the_same_state_dir_is_refused(mesh: Mesh) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
-        cwd=mesh.dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_meshlet("up", "mesh.yaml", cwd=mesh.dir)
     assert proc.returncode == 2
     assert "a mesh is already running from here" in proc.stderr
 
@@ -167,13 +161,7 @@ def test_bad_mesh_yaml_reports_every_problem_and_starts_nothing(tmp_path: Path) 
     (tmp_path / "mesh.yaml").write_text(
         "services:\n  inference:\n    workloads:\n      - command: x {bogus}\n        replicas: 0\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_meshlet("up", "mesh.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "mesh.yaml:5: services.inference.workloads[0].replicas" in proc.stderr
     assert not (tmp_path / ".meshlet").exists()
@@ -183,13 +171,7 @@ def test_command_that_cannot_start_is_named_and_nothing_is_left(tmp_path: Path) 
     (tmp_path / "mesh.yaml").write_text(
         "services:\n  svc:\n    workloads:\n      - command: /nonexistent/server --port {port}\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_meshlet("up", "mesh.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "svc-0 app: cannot start '/nonexistent/server'" in proc.stderr
     assert not (tmp_path / ".meshlet" / "mesh.json").exists()
@@ -231,13 +213,7 @@ def test_bad_policy_file_is_reported_before_anything_starts(tmp_path: Path) -> N
         "policies: [authz.yaml]\nservices:\n  svc:\n    workloads:\n"
         "      - command: /nonexistent/server --port {port}\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "meshlet", "up", "mesh.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_meshlet("up", "mesh.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "authz.yaml:8" in proc.stderr
     assert "rulez" in proc.stderr
