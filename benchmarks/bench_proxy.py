@@ -615,7 +615,9 @@ def main() -> int:
     ap.add_argument(
         "--baseline",
         metavar="REV",
-        help="also run a meshlet pair from this git revision, side by side (before/after)",
+        action="append",
+        help="also run a meshlet pair from this git revision, side by side (before/after);"
+        " repeat for more (shown as baseline, base2, ...; ratios are against the first)",
     )
     ap.add_argument(
         "--handshakes",
@@ -663,9 +665,10 @@ def main() -> int:
                 tls_servers["floor"] = (in_port, fl[1].pid)
             idle: dict[str, dict[str, float]] = {}
             pairs: list[tuple[str, str, Path | None]] = []
-            if a.baseline:
-                src = _export_revision(a.baseline, work / "baseline")
-                pairs.append(("baseline", "-base", src))
+            for n, rev in enumerate(a.baseline or ()):
+                name = "baseline" if n == 0 else f"base{n + 1}"
+                src = _export_revision(rev, work / name)
+                pairs.append((name, f"-{name}", src))
             if "meshlet" in only:
                 pairs.append(("meshlet", "", None))
             for name, tag, src_dir in pairs:
@@ -704,7 +707,7 @@ def main() -> int:
     base, floor = results.get("direct"), results.get("floor")
     for name, r in results.items():
         print(_fmt(name, r, base, floor))
-    for name in ("baseline", "meshlet"):
+    for name in [n for n in results if n.startswith("base")] + ["meshlet"]:
         if name in results:
             m = results[name]
             line = (
