@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from meshlet.config.durations import parse_duration
-from meshlet.config.istio_schema import Duration, Metadata, route_annotations
+from meshlet.config.istio_schema import Duration, IstioSchema, Metadata, route_annotations
 from meshlet.config.routing import (
     NO_RETRY,
     BackendKind,
@@ -39,10 +38,6 @@ from meshlet.errors import ConfigError
 INFERENCE_GROUPS = ("inference.networking.k8s.io", "inference.networking.x-k8s.io")
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
-
-
 def _regex_ok(v: str) -> str:
     try:
         re.compile(v)
@@ -51,7 +46,7 @@ def _regex_ok(v: str) -> str:
     return v
 
 
-class _PathMatch(_Schema):
+class _PathMatch(IstioSchema):
     type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
     value: str = "/"
 
@@ -71,7 +66,7 @@ class _PathMatch(_Schema):
         return StringMatch(kind=kind, value=value)
 
 
-class _KeyMatch(_Schema):
+class _KeyMatch(IstioSchema):
     type: Literal["Exact", "RegularExpression"] = "Exact"
     name: str = Field(min_length=1)
     value: str
@@ -90,7 +85,7 @@ class _KeyMatch(_Schema):
         )
 
 
-class _Match(_Schema):
+class _Match(IstioSchema):
     path: _PathMatch | None = None
     headers: list[_KeyMatch] = Field(default_factory=list)
     query_params: list[_KeyMatch] = Field(default_factory=list)
@@ -109,12 +104,12 @@ class _Match(_Schema):
         )
 
 
-class _HeaderValue(_Schema):
+class _HeaderValue(IstioSchema):
     name: str = Field(min_length=1)
     value: str
 
 
-class _HeaderModifier(_Schema):
+class _HeaderModifier(IstioSchema):
     set: list[_HeaderValue] = Field(default_factory=list)
     add: list[_HeaderValue] = Field(default_factory=list)
     remove: list[str] = Field(default_factory=list)
@@ -127,18 +122,18 @@ class _HeaderModifier(_Schema):
         )
 
 
-class _PathModifier(_Schema):
+class _PathModifier(IstioSchema):
     type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
     replace_full_path: str | None = None
     replace_prefix_match: str | None = None
 
 
-class _UrlRewrite(_Schema):
+class _UrlRewrite(IstioSchema):
     hostname: str | None = None
     path: _PathModifier | None = None
 
 
-class _BackendRef(_Schema):
+class _BackendRef(IstioSchema):
     group: str = ""
     kind: str = "Service"
     name: str = Field(min_length=1)
@@ -158,12 +153,12 @@ class _BackendRef(_Schema):
         return Destination(host=self.name.lower(), port=self.port, weight=self.weight, kind=kind)
 
 
-class _Fraction(_Schema):
+class _Fraction(IstioSchema):
     numerator: int = Field(ge=0)
     denominator: int = Field(default=100, ge=1)
 
 
-class _RequestMirror(_Schema):
+class _RequestMirror(IstioSchema):
     backend_ref: _BackendRef
     percent: int | None = Field(default=None, ge=0, le=100)
     fraction: _Fraction | None = None
@@ -176,7 +171,7 @@ class _RequestMirror(_Schema):
         return Mirror(destination=self.backend_ref.destination(), fraction=frac)
 
 
-class _Filter(_Schema):
+class _Filter(IstioSchema):
     type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestMirror"]
     request_header_modifier: _HeaderModifier | None = None
     response_header_modifier: _HeaderModifier | None = None
@@ -184,12 +179,12 @@ class _Filter(_Schema):
     request_mirror: _RequestMirror | None = None
 
 
-class _Timeouts(_Schema):
+class _Timeouts(IstioSchema):
     request: Duration | None = None
     backend_request: Duration | None = None
 
 
-class _Rule(_Schema):
+class _Rule(IstioSchema):
     name: str | None = None
     matches: list[_Match] = Field(default_factory=lambda: [_Match()])
     filters: list[_Filter] = Field(default_factory=list)
@@ -197,7 +192,7 @@ class _Rule(_Schema):
     timeouts: _Timeouts | None = None
 
 
-class _ParentRef(_Schema):
+class _ParentRef(IstioSchema):
     group: str = "gateway.networking.k8s.io"
     kind: str = "Gateway"
     name: str = Field(min_length=1)
@@ -206,12 +201,12 @@ class _ParentRef(_Schema):
     section_name: str | None = None
 
 
-class _Spec(_Schema):
+class _Spec(IstioSchema):
     parent_refs: list[_ParentRef] = Field(min_length=1)
     rules: list[_Rule] = Field(default_factory=lambda: [_Rule()])
 
 
-class HTTPRouteSchema(_Schema):
+class HTTPRouteSchema(IstioSchema):
     api_version: Literal["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"]
     kind: Literal["HTTPRoute"]
     metadata: Metadata

@@ -23,10 +23,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
-from meshlet.config.istio_schema import Metadata
+from meshlet.config.istio_schema import IstioSchema, Metadata
 from meshlet.config.source import Document
 from meshlet.config.validation import problems_from
 from meshlet.errors import ConfigError
@@ -91,19 +90,15 @@ class InferenceObjective:
         return Criticality.from_priority(self.priority)
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
-
-
-class _LabelSelector(_Schema):
+class _LabelSelector(IstioSchema):
     match_labels: dict[str, str] = Field(min_length=1)
 
 
-class _Port(_Schema):
+class _Port(IstioSchema):
     number: int = Field(ge=1, le=65535)
 
 
-class _ExtensionRef(_Schema):
+class _ExtensionRef(IstioSchema):
     group: str | None = None
     kind: str | None = None
     name: str
@@ -112,20 +107,20 @@ class _ExtensionRef(_Schema):
     port_number: int | None = None
 
 
-class _PoolSpecV1(_Schema):
+class _PoolSpecV1(IstioSchema):
     selector: _LabelSelector
     target_ports: list[_Port] = Field(min_length=1, max_length=8)
     app_protocol: Literal["http", "kubernetes.io/h2c"] | None = None
     endpoint_picker_ref: _ExtensionRef | None = None
 
 
-class _PoolSpecAlpha(_Schema):
+class _PoolSpecAlpha(IstioSchema):
     selector: dict[str, str] = Field(min_length=1)
     target_port_number: int = Field(ge=1, le=65535)
     extension_ref: _ExtensionRef | None = None
 
 
-class _PoolV1(_Schema):
+class _PoolV1(IstioSchema):
     api_version: Literal["inference.networking.k8s.io/v1"]
     kind: Literal["InferencePool"]
     metadata: Metadata
@@ -133,7 +128,7 @@ class _PoolV1(_Schema):
     status: dict[str, Any] | None = None
 
 
-class _PoolAlpha(_Schema):
+class _PoolAlpha(IstioSchema):
     api_version: Literal["inference.networking.x-k8s.io/v1alpha2"]
     kind: Literal["InferencePool"]
     metadata: Metadata
@@ -141,25 +136,25 @@ class _PoolAlpha(_Schema):
     status: dict[str, Any] | None = None
 
 
-class _PoolRef(_Schema):
+class _PoolRef(IstioSchema):
     group: str | None = None
     kind: Literal["InferencePool"] | None = None
     name: str = Field(min_length=1)
 
 
-class _Target(_Schema):
+class _Target(IstioSchema):
     name: str = Field(min_length=1)
     weight: int = Field(default=1, ge=0, le=1_000_000)
 
 
-class _ModelSpec(_Schema):
+class _ModelSpec(IstioSchema):
     model_name: str = Field(min_length=1)
     criticality: Literal["Critical", "Standard", "Sheddable"] = "Standard"
     pool_ref: _PoolRef
     target_models: list[_Target] = Field(default_factory=list)
 
 
-class _ModelAlpha(_Schema):
+class _ModelAlpha(IstioSchema):
     api_version: Literal["inference.networking.x-k8s.io/v1alpha2"]
     kind: Literal["InferenceModel"]
     metadata: Metadata
@@ -167,12 +162,12 @@ class _ModelAlpha(_Schema):
     status: dict[str, Any] | None = None
 
 
-class _ObjectiveSpec(_Schema):
+class _ObjectiveSpec(IstioSchema):
     priority: int = 0
     pool_ref: _PoolRef
 
 
-class _Objective(_Schema):
+class _Objective(IstioSchema):
     api_version: Literal["inference.networking.x-k8s.io/v1alpha2"]
     kind: Literal["InferenceObjective"]
     metadata: Metadata
@@ -180,7 +175,7 @@ class _Objective(_Schema):
     status: dict[str, Any] | None = None
 
 
-def _validate(model: type[_Schema], document: Document) -> Any:
+def _validate(model: type[IstioSchema], document: Document) -> Any:
     try:
         return model.model_validate(document.data)
     except ValidationError as exc:
