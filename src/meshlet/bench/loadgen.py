@@ -209,6 +209,7 @@ class _Generator:
         self.finished: asyncio.Future[None] = loop.create_future()
         self.live: set[_Conn] = set()
         self.closing = False
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> _Conn:
         _, proto = await self.loop.create_connection(
@@ -222,7 +223,9 @@ class _Generator:
         if conn in self.idle:
             self.idle.remove(conn)
         if not self.closing:
-            self.loop.create_task(self._replace())
+            task = self.loop.create_task(self._replace())
+            self.tasks.add(task)  # the loop keeps only a weak reference to tasks
+            task.add_done_callback(self.tasks.discard)
 
     async def _replace(self) -> None:
         try:

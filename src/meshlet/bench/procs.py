@@ -78,18 +78,29 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+# The reference inference server announces its port this way (meshlet.workloads.inference).
+_LISTENING = "meshlet-inference: listening on http://"
+
+
 async def read_ready_port(child: Child, *, timeout_s: float) -> int:
-    """Wait for the ``READY <port>`` line our upstreams print once they listen."""
+    """Wait for the line that names the bound port: ``READY <port>`` from our
+    upstreams, ``meshlet-inference: listening on http://HOST:PORT`` from the
+    reference inference server."""
     assert child.process.stdout is not None
     try:
         line = await asyncio.wait_for(child.process.stdout.readline(), timeout=timeout_s)
     except TimeoutError:
         raise BenchError(f"{child.name}: not ready after {timeout_s} s (see {child.log})") from None
-    parts = line.decode(errors="replace").split()
-    if len(parts) != 2 or parts[0] != "READY":
+    text = line.decode(errors="replace").strip()
+    parts = text.split()
+    if text.startswith(_LISTENING):
+        port = text.rsplit(":", 1)[1]
+    elif len(parts) == 2 and parts[0] == "READY":
+        port = parts[1]
+    else:
         raise BenchError(f"{child.name}: exited before it was ready (see {child.log})")
     child.drain_stdout()
-    return int(parts[1])
+    return int(port)
 
 
 async def stop(child: Child, *, grace_s: float = 5.0) -> None:

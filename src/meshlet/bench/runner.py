@@ -32,7 +32,18 @@ from typing import Any
 from meshlet.bench.certs import issue_bench_certs
 from meshlet.bench.histogram import Histogram
 from meshlet.bench.loadgen import LoadSpec, spec_to_json
-from meshlet.bench.procs import BenchError, cpu_seconds, peak_rss_mib, python_module, rss_mib
+from meshlet.bench.payloads import INFER_PATH, READY_PATH, write_inference_body
+from meshlet.bench.procs import (
+    BenchError,
+    Child,
+    cpu_seconds,
+    peak_rss_mib,
+    python_module,
+    read_ready_port,
+    rss_mib,
+    spawn,
+    stop,
+)
 from meshlet.bench.topologies import (
     Running,
     StartContext,
@@ -119,11 +130,13 @@ def workload_unavailable(workload: str) -> str | None:
             return "meshlet.workloads.inference is not part of this build"
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (pip install 'meshlet[torch]'); inference skipped"
-        return "the inference workload is not wired into meshlet bench yet"
+        return None
     return f"unknown workload {workload!r} (echo, stream, inference)"
 
 
 def app_argv(opts: BenchOptions, *, tls: tuple[Path, Path, Path] | None = None) -> list[str]:
+    if opts.workload == "inference" and tls is None:
+        return python_module("meshlet.workloads.inference", "--port", "0", "--backend", "torch")
     kind = "stream" if opts.workload == "stream" else "echo"
     args = [kind, "--tokens", str(opts.tokens), "--token-interval-ms", str(opts.token_interval_ms)]
     if tls is not None:
@@ -187,6 +200,9 @@ async def _measure_running(
     base = LoadSpec(
         port=running.entry_port, connections=opts.connections, stream=opts.workload == "stream"
     )
+    if opts.workload == "inference":
+        body = ctx.workdir / "inference-body.json"
+        base = replace(base, method="POST", path=INFER_PATH, body_file=str(body))
     cpu0 = cpu_seconds(pids)
     load = await run_loadgen(
         replace(base, mode="open", rate_per_s=opts.rate_per_s, duration_s=opts.duration_s)
@@ -216,23 +232,16 @@ async def _measure_running(
 
 async def _handshakes(running: Running, opts: BenchOptions, ctx: StartContext) -> dict[str, Any]:
     certs = ctx.certs
-    floor: Running | None = None
+    floor: Child | None = None
     port = running.mtls_port
     if port is None:  # direct: a bare TLS server with the same certificates is the floor
         tls = (certs.server.cert, certs.server.key, certs.bundle)
-        floor_ctx = replace(ctx, app_argv=app_argv(opts, tls=tls))
-        from meshlet.bench.procs import read_ready_port, spawn
-
-        child = await spawn("tls-floor", floor_ctx.app_argv, logdir=ctx.workdir, stdout_pipe=True)
-        floor = Running(
-            variant=running.variant, entry_port=0, app_port=0, mtls_port=None, app=child
-        )
-        try:
-            port = await read_ready_port(child, timeout_s=30.0)
-        except BaseException:
-            await floor.stop()
-            raise
+        argv = app_argv(opts, tls=tls)
+        floor = await spawn("tls-floor", argv, logdir=ctx.workdir, stdout_pipe=True)
     try:
+        if floor is not None:
+            port = await read_ready_port(floor, timeout_s=30.0)
+        assert port is not None
         spec = LoadSpec(
             port=port,
             mode="handshake",
@@ -246,7 +255,7 @@ async def _handshakes(running: Running, opts: BenchOptions, ctx: StartContext) -
         result = await run_loadgen(spec)
     finally:
         if floor is not None:
-            await floor.stop()
+            await stop(floor)
     summary = _summary(result["latency"])
     return {
         "handshake_ms": {k: summary[k] for k in ("count", "mean", "p50", "p99")},
@@ -314,6 +323,9 @@ async def run_bench(opts: BenchOptions, progress: Callable[[str], None]) -> dict
     }
     certs = issue_bench_certs(workdir, now=MonotonicClock().wall())
     ctx = StartContext(certs=certs, workdir=workdir, app_argv=app_argv(opts))
+    if opts.workload == "inference":
+        write_inference_body(workdir / "inference-body.json")
+        ctx = replace(ctx, ready_path=READY_PATH)
     for step in steps:
         progress(f"{step.variant.name} #{step.repetition + 1}")
         try:

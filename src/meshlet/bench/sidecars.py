@@ -157,6 +157,9 @@ def _haproxy_head(threads: int) -> str:
         "defaults\n"
         "  mode http\n"
         "  option http-keep-alive\n"
+        # Without it HAProxy coalesces small writes (MSG_MORE) and SSE tokens arrive
+        # in bursts; an operator proxying token streams sets it, so the bench does.
+        "  option http-no-delay\n"
         "  timeout connect 1s\n"
         "  timeout client 60s\n"
         "  timeout server 300s\n"

@@ -40,7 +40,7 @@ from meshlet.bench.procs import (
 )
 
 KINDS = ("direct", "meshlet", "envoy", "haproxy")
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0  # torch import + model load can take a while on a busy box
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +58,8 @@ class Variant:
 class StartContext:
     certs: BenchCerts
     workdir: Path
-    app_argv: list[str]  # prints READY <port>
+    app_argv: list[str]  # prints READY <port> (or the inference server's listening line)
+    ready_path: str = "/"  # answers 200 once the app (and the chain) can serve
 
 
 @dataclass(slots=True, kw_only=True)
@@ -153,6 +154,7 @@ async def start(variant: Variant, ctx: StartContext) -> Running:
             await _STARTERS[variant.kind](running, ctx)
         ready = await wait_http_ok(
             running.entry_port,
+            path=ctx.ready_path,
             timeout_s=START_TIMEOUT_S,
             what=f"{variant.name} chain",
             child=running.sidecars[-1] if running.sidecars else app,

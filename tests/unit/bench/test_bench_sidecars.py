@@ -79,3 +79,20 @@ def test_echo_body_is_one_kib_and_sse_chunks_are_framed() -> None:
     assert len(body) == 1024
     assert b"Content-Length: 1024" in head
     assert sse_chunk(b"tok1") == b"c\r\ndata: tok1\n\n\r\n"
+
+
+def test_inference_body_is_a_kserve_batch_of_four_224px_images() -> None:
+    import base64
+
+    from meshlet.bench.payloads import inference_body
+
+    body = json.loads(inference_body())
+    tensor = body["inputs"][0]
+    assert tensor["datatype"] == "BYTES"
+    assert tensor["shape"] == [4]
+    assert [len(base64.b64decode(item)) for item in tensor["data"]] == [224 * 224 * 3] * 4
+    assert inference_body() == inference_body()  # the same bytes for every topology
+    # ...and the reference server's own parser accepts it.
+    from meshlet.workloads.tensors import images_from_request
+
+    assert images_from_request(body).shape == (4, 224, 224, 3)
