@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshlet.config.bootstrap import IdentityFiles
@@ -47,3 +48,18 @@ def client_context(files: IdentityFiles) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(str(files.cert), str(files.key))
     return ctx
+
+
+@dataclass
+class Pki:
+    """A CA plus the directory its SVIDs go to: ``files(id, name)`` writes one
+    SVID (issued now, not backdated) into ``tmp/name``."""
+
+    ca: CertificateAuthority
+    tmp: Path
+
+    def files(self, spiffe_id: str, name: str, *, ttl_s: float = 3600.0) -> IdentityFiles:
+        svid = self.ca.issue(SpiffeId.parse(spiffe_id), now=time.time(), ttl_s=ttl_s)
+        out = self.tmp / name
+        svid.write(out)
+        return IdentityFiles(cert=out / "cert.pem", key=out / "key.pem", bundle=out / "bundle.pem")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.proxy_app import start_app
+from tests.support.proxy_app import start_app
 
 from meshlet.control.server import ControlServer
 from meshlet.identity.ca import CertificateAuthority

@@ -1,8 +1,9 @@
-"""Policy integration tests reuse the proxy tests' CA and sidecar-pair fixtures."""
+"""Policy integration tests use the shared CA, ``pki`` and uvloop hook of the
+in-process sidecar tests."""
 
 from __future__ import annotations
 
-from tests.integration.proxy.conftest import (  # noqa: F401 - fixtures are used by name
+from tests.support.fixtures import (  # noqa: F401 - fixtures and hook are used by name
     pki,
     pytest_asyncio_loop_factories,
     session_ca,

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import (
-    CLIENT_ID,
-    FAST,
-    LOCAL,
-    SERVER_ID,
-    Pki,
-    bound,
-    port_of,
-)
-from tests.integration.proxy.proxy_app import start_app
+from tests.support.pki import Pki
+from tests.support.proxy_app import start_app
+from tests.support.sidecars import CLIENT_ID, FAST, LOCAL, SERVER_ID, bound, port_of
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import (

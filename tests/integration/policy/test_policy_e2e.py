@@ -15,8 +15,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from tests.integration.proxy.conftest import CLIENT_ID, LOCAL, Pki, start_pair, stop_pair
 from tests.support.apps import closed_port, http_server
+from tests.support.pki import Pki
+from tests.support.sidecars import CLIENT_ID, LOCAL, start_pair, stop_pair
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import (

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import CLIENT_ID, FAST, LOCAL, SERVER_ID, Pki, bound, port_of
-from tests.integration.proxy.proxy_app import AppStats, start_app
+from tests.support.pki import Pki
+from tests.support.proxy_app import AppStats, start_app
+from tests.support.sidecars import CLIENT_ID, FAST, LOCAL, SERVER_ID, bound, port_of
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import Address, BootstrapConfig, InboundConfig, MtlsMode

@@ -8,7 +8,8 @@ from collections.abc import Awaitable
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import CLIENT_ID, LOCAL, Pki, start_pair, stop_pair
+from tests.support.pki import Pki
+from tests.support.sidecars import CLIENT_ID, LOCAL, start_pair, stop_pair
 
 from meshlet.proxy.hooks import GateVerdict, RequestInfo
 

@@ -7,11 +7,11 @@ import asyncio
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import (
+from tests.support.pki import Pki
+from tests.support.sidecars import (
     LOCAL,
     SERVER_ID,
     Pair,
-    Pki,
     bound,
     port_of,
     replace_timeouts,

@@ -7,7 +7,8 @@ import json
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import CLIENT_ID, SERVER_ID, Pair, Pki, start_pair, stop_pair
+from tests.support.pki import Pki
+from tests.support.sidecars import CLIENT_ID, SERVER_ID, Pair, start_pair, stop_pair
 
 from meshlet.clock import MonotonicClock
 from meshlet.telemetry.accesslog import AccessLog

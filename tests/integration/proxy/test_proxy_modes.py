@@ -7,12 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from tests.integration.proxy.conftest import (
+from tests.support.pki import Pki
+from tests.support.sidecars import (
     CLIENT_ID,
     LOCAL,
     SERVER_ID,
     Pair,
-    Pki,
     bound,
     port_of,
     replace_timeouts,

@@ -10,15 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import (
-    CLIENT_ID,
-    OTHER_ID,
-    SERVER_ID,
-    TD,
-    Pki,
-    start_pair,
-    stop_pair,
-)
+from tests.support.pki import Pki
+from tests.support.sidecars import CLIENT_ID, OTHER_ID, SERVER_ID, TD, start_pair, stop_pair
 
 from meshlet.config.bootstrap import IdentityFiles, Limits, MtlsMode
 from meshlet.errors import IdentityError

@@ -10,14 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.integration.interop.meshlet_support import (
-    STEP_TIMEOUT_S,
-    identity_block,
-    issue,
-    make_ca,
-    spiffe,
-    write_bootstrap,
-)
+from tests.support.pki import issue, make_ca, spiffe
+from tests.support.processes import identity_block, write_bootstrap
+from tests.support.waiting import STEP_TIMEOUT_S
 
 from meshlet.clock import ManualClock
 from meshlet.config.bootstrap import load_bootstrap

@@ -19,17 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.integration.interop.meshlet_support import (
-    PYTHON,
-    STEP_TIMEOUT_S,
-    client_context,
-    echo_app,
-    identity_block,
-    issue,
-    make_ca,
-    spiffe,
-    write_bootstrap,
-)
+from tests.support.apps import echo_app
+from tests.support.pki import client_context, issue, make_ca, spiffe
+from tests.support.processes import PYTHON, identity_block, write_bootstrap
+from tests.support.waiting import STEP_TIMEOUT_S
 
 from meshlet.proxy.memory import peak_rss_bytes, rss_bytes, tune_malloc
 

@@ -16,20 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.interop.meshlet_support import (
-    STEP_TIMEOUT_S,
-    ProxyProcess,
-    client_context,
-    echo_app,
-    http_get,
-    identity_block,
-    issue,
-    make_ca,
-    running_proxy,
-    spiffe,
-    wait_until,
-    write_bootstrap,
-)
+from tests.support.apps import echo_app
+from tests.support.http import http_get
+from tests.support.pki import client_context, issue, make_ca, spiffe
+from tests.support.processes import ProxyProcess, identity_block, running_proxy, write_bootstrap
+from tests.support.waiting import STEP_TIMEOUT_S, wait_until
 
 from meshlet.config.bootstrap import IdentityFiles
 from meshlet.identity.ca import CertificateAuthority

@@ -11,17 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.integration.interop.meshlet_support import (
-    client_context,
-    http_get,
-    identity_block,
-    issue,
-    make_ca,
-    running_proxy,
-    spiffe,
-    tcp_echo,
-    write_bootstrap,
-)
+from tests.support.apps import tcp_echo
+from tests.support.http import http_get
+from tests.support.pki import client_context, issue, make_ca, spiffe
+from tests.support.processes import identity_block, running_proxy, write_bootstrap
 
 from meshlet.config.bootstrap import (
     Address,

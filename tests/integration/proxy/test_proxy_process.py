@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import CLIENT_ID, SERVER_ID, Pki
-from tests.integration.proxy.proxy_app import start_app
+from tests.support.pki import Pki
+from tests.support.proxy_app import start_app
+from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 T = 20.0

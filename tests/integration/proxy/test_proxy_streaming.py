@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import Pair
+from tests.support.sidecars import Pair
 
 pytestmark = pytest.mark.integration
 T = 20.0

@@ -4,8 +4,7 @@ client (httpx) -> outbound ``ProxyServer`` (with ``outbound.routing``) -> mTLS -
 one inbound ``ProxyServer`` per replica -> a tiny asyncio upstream per replica
 whose answers change on cue (status, delay, hang, SSE tokens). Everything binds
 127.0.0.1 port 0; every wait is bounded. Also the routing YAML builders the
-traffic tests share, and the ``tpki`` fixture (registered by this directory's
-conftest).
+traffic tests share.
 """
 
 from __future__ import annotations
@@ -19,15 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
-from tests.integration.proxy.conftest import (  # noqa: F401 - fixtures used by name
-    CLIENT_ID,
-    FAST,
-    LOCAL,
-    SERVER_ID,
-    Pki,
-    session_ca,
-)
+from tests.support.pki import Pki
+from tests.support.sidecars import CLIENT_ID, FAST, LOCAL, SERVER_ID
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import (
@@ -43,12 +35,6 @@ from meshlet.config.bootstrap import (
 )
 from meshlet.proxy.server import ProxyServer
 from meshlet.telemetry.metrics import GoldenMetrics
-
-
-@pytest.fixture(name="tpki")
-def tpki_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Pki:
-    """The proxy tests' session CA, issuing into this test's tmp dir."""
-    return Pki(ca=request.getfixturevalue("session_ca"), tmp=tmp_path)
 
 
 @dataclass

@@ -10,13 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import Pki, session_ca  # noqa: F401 - fixture by name
-from tests.integration.traffic.test_traffic_proxy_mesh import (
-    Replica,
-    mesh_of,
-    tpki_fixture,  # noqa: F401 - the "tpki" fixture
-)
-from tests.integration.traffic.test_traffic_proxy_resilience import vs
+from tests.integration.traffic.mesh_support import Replica, mesh_of, vs
+from tests.support.pki import Pki
 
 from meshlet.config.bootstrap import Timeouts
 

@@ -13,20 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import (  # noqa: F401 - session_ca: fixture by name
-    CLIENT_ID,
-    FAST,
-    LOCAL,
-    SERVER_ID,
-    Pki,
-    session_ca,
-)
-from tests.integration.traffic.test_traffic_proxy_mesh import (
-    Replica,
-    mesh_of,
-    tpki_fixture,  # noqa: F401 - the "tpki" fixture
-)
-from tests.integration.traffic.test_traffic_proxy_resilience import dr, vs
+from tests.integration.traffic.mesh_support import Replica, dr, mesh_of, vs
+from tests.support.pki import Pki
+from tests.support.sidecars import CLIENT_ID, FAST, LOCAL, SERVER_ID
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import (

@@ -12,13 +12,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import Pki
-from tests.integration.traffic.mesh_support import SUBSETS, two_versions
-
-# Re-exported: the test_traffic_fix_* modules import these from here.
-from tests.integration.traffic.mesh_support import Replica as Replica
-from tests.integration.traffic.mesh_support import mesh_of as mesh_of
-from tests.integration.traffic.mesh_support import tpki_fixture as tpki_fixture
+from tests.integration.traffic.mesh_support import SUBSETS, mesh_of, two_versions
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import Pki
 from tests.integration.traffic.mesh_support import Replica, dr, mesh_of, vs
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.integration
 

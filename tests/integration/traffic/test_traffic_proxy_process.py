@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import CLIENT_ID, Pki
 from tests.integration.traffic.mesh_support import (
     CANARY,
     SUBSETS,
@@ -19,7 +18,9 @@ from tests.integration.traffic.mesh_support import (
     send_many,
     two_versions,
 )
+from tests.support.pki import Pki
 from tests.support.processes import stop_process
+from tests.support.sidecars import CLIENT_ID
 
 pytestmark = pytest.mark.integration
 

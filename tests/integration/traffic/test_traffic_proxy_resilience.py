@@ -9,12 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.proxy.conftest import Pki
-from tests.integration.traffic.mesh_support import Replica, mesh_of, send_many
-
-# Re-exported: the test_traffic_fix_* modules import these from here.
-from tests.integration.traffic.mesh_support import dr as dr
-from tests.integration.traffic.mesh_support import vs as vs
+from tests.integration.traffic.mesh_support import Replica, dr, mesh_of, send_many, vs
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.integration.proxy.conftest import Pki
 from tests.integration.traffic.mesh_support import CANARY, mesh_of, send_many, two_versions
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.integration
 
