@@ -5,14 +5,14 @@ reporter's series (outbound) and the destination reporter's (inbound)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from tests.support.pki import Pki
+from tests.support.processes import start_proxy
 from tests.support.proxy_app import start_app
 from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
@@ -20,23 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 T = 20.0
 
 
-async def _start(config: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshlet",
-        "proxy",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), T)
-    if not line:
-        err = await proc.stderr.read() if proc.stderr else b""
-        raise AssertionError(f"proxy did not start: {err.decode()}")
-    return proc, json.loads(line)
+async def _start(config: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    proxy = await start_proxy(config)
+    return proxy.process, proxy.ready[0]
 
 
 def _series(text: str, name: str, reporter: str) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.pki import Pki
+from tests.support.processes import start_proxy
 from tests.support.proxy_app import start_app
 from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
@@ -29,18 +30,6 @@ spec:
   action: DENY
   rules: [{from: [{source: {principals: ["cluster.local/ns/apps/sa/client"]}}]}]
 """
-
-
-async def _ready_lines(proc: asyncio.subprocess.Process, n: int) -> list[dict[str, str]]:
-    assert proc.stdout is not None
-    lines = []
-    for _ in range(n):
-        line = await asyncio.wait_for(proc.stdout.readline(), T)
-        if not line:
-            err = await proc.stderr.read() if proc.stderr else b""
-            raise AssertionError(f"proxy did not start: {err.decode()}")
-        lines.append(json.loads(line))
-    return lines
 
 
 async def _denied_request(ctx: ssl.SSLContext, host: str, port: int, n: int) -> tuple[bytes, bytes]:
@@ -73,20 +62,10 @@ async def test_workers_flush_every_audit_record_on_sigterm(pki: Pki, tmp_path: P
         f"  policies: ['{tmp_path / 'policies.yaml'}']}}\n"
         f"audit: {{path: '{audit}'}}\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshlet",
-        "proxy",
-        "--config",
-        str(config),
-        "--workers",
-        "2",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proxy = await start_proxy(config, workers=2)
+    proc = proxy.process
     try:
-        ready = await _ready_lines(proc, 2)
+        ready = proxy.ready
         assert {r["inbound"] for r in ready} == {ready[0]["inbound"]}  # one shared port
         host, port = ready[0]["inbound"].rsplit(":", 1)
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(client.bundle))

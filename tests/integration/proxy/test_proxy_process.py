@@ -7,11 +7,12 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.pki import Pki
+from tests.support.processes import start_proxy
 from tests.support.proxy_app import start_app
 from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
@@ -28,25 +29,11 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-async def _start_proxy(config: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshlet",
-        "proxy",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), T)
-    if not line:
-        err = await proc.stderr.read() if proc.stderr else b""
-        raise AssertionError(f"proxy did not start: {err.decode()}")
-    ready = json.loads(line)
+async def _start_proxy(config: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    proxy = await start_proxy(config)
+    ready = proxy.ready[0]
     assert ready["event"] == "ready"
-    return proc, ready
+    return proxy.process, ready
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> int:
