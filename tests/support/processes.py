@@ -130,6 +130,18 @@ def identity_block(files: IdentityFiles) -> dict[str, str]:
     return {"cert": str(files.cert), "key": str(files.key), "bundle": str(files.bundle)}
 
 
+def inbound_bootstrap(
+    files: IdentityFiles, app_port: int, *, admin: str | None = "127.0.0.1:0", **inbound: str
+) -> dict[str, Any]:
+    """A bootstrap with one inbound listener on 127.0.0.1 port 0 in front of the
+    app on ``app_port``; ``inbound`` adds keys to that section (``mtls``, ``protocol``)."""
+    return {
+        "identity": identity_block(files),
+        "admin": admin,
+        "inbound": {"listen": "127.0.0.1:0", "app": f"127.0.0.1:{app_port}", **inbound},
+    }
+
+
 @dataclass
 class ProxyProcess:
     """A ``meshlet proxy`` subprocess; ``ready`` holds each worker's ready line."""

@@ -28,7 +28,12 @@ from tests.integration.interop.envoy_configs import (
 from tests.support.apps import echo_app, tcp_echo
 from tests.support.http import http_get
 from tests.support.pki import issue, make_ca, spiffe
-from tests.support.processes import identity_block, running_proxy, write_bootstrap
+from tests.support.processes import (
+    identity_block,
+    inbound_bootstrap,
+    running_proxy,
+    write_bootstrap,
+)
 from tests.support.waiting import STEP_TIMEOUT_S
 
 pytestmark = [
@@ -52,11 +57,7 @@ async def test_envoy_client_sidecar_to_meshlet_inbound(tmp_path: Path) -> None:
     meshlet_files = issue(ca, tmp_path / "meshlet", MESHLET_ID)
     envoy_files = issue(ca, tmp_path / "envoy", ENVOY_ID)
     async with echo_app() as app:
-        conf = {
-            "identity": identity_block(meshlet_files),
-            "admin": "127.0.0.1:0",
-            "inbound": {"listen": "127.0.0.1:0", "app": f"127.0.0.1:{app.port}", "mtls": "STRICT"},
-        }
+        conf = inbound_bootstrap(meshlet_files, app.port, mtls="STRICT")
         async with running_proxy(write_bootstrap(tmp_path / "meshlet.yaml", conf)) as meshlet:
             inbound_port = meshlet.address("inbound")[1]
             envoy_conf = bootstrap(
@@ -182,13 +183,7 @@ async def test_opaque_tcp_both_ways_with_envoy(tmp_path: Path) -> None:
     envoy_files = issue(ca, tmp_path / "envoy", ENVOY_ID)
     payload = b"\x00\x01binary-frames\xff" * 4096
     async with tcp_echo() as echo_port:
-        in_conf = {
-            "identity": identity_block(meshlet_files),
-            "admin": "127.0.0.1:0",
-            "inbound": {
-                "listen": "127.0.0.1:0", "app": f"127.0.0.1:{echo_port}", "protocol": "tcp",
-            },
-        }  # fmt: skip
+        in_conf = inbound_bootstrap(meshlet_files, echo_port, protocol="tcp")
         async with running_proxy(write_bootstrap(tmp_path / "in.yaml", in_conf)) as inbound:
             envoy_conf = bootstrap(
                 listeners=[

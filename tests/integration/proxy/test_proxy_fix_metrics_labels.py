@@ -5,14 +5,13 @@ reporter's series (outbound) and the destination reporter's (inbound)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.support.pki import Pki
-from tests.support.processes import start_proxy
+from tests.support.processes import start_proxy, stop_process
 from tests.support.proxy_app import start_app
 from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
@@ -60,13 +59,7 @@ async def test_workload_labels_come_from_the_svid(pki: Pki, tmp_path: Path) -> N
             in_text = (await c.get(f"http://{ready_in['admin']}/stats/prometheus")).text
     finally:
         for p in procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(p.wait(), T)
-                except TimeoutError:
-                    p.kill()
-                    await p.wait()
+            await stop_process(p, T)
         app.close()
         stats.close_all()
     (source,) = _series(out_text, "istio_requests_total", "source")

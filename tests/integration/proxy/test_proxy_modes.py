@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.support.apps import tcp_echo
 from tests.support.pki import Pki
 from tests.support.sidecars import (
     CLIENT_ID,
@@ -39,17 +40,8 @@ T = 10.0
 
 @pytest.fixture
 async def echo_port() -> AsyncIterator[int]:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, LOCAL, 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
+    async with tcp_echo() as port:
+        yield port
 
 
 async def test_opaque_tcp_service_both_ways(pki: Pki, echo_port: int) -> None:

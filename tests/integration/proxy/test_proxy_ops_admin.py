@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.pki import issue, make_ca, spiffe
-from tests.support.processes import identity_block, write_bootstrap
+from tests.support.processes import inbound_bootstrap, write_bootstrap
 from tests.support.waiting import STEP_TIMEOUT_S
 
 from meshlet.clock import ManualClock
@@ -32,14 +32,8 @@ async def admin(tmp_path: Path) -> AsyncIterator[tuple[AdminServer, ProxyServer,
     ca = make_ca(tmp_path)
     files = issue(ca, tmp_path / "id", WORKLOAD_ID, ttl_s=7200)
     config = load_bootstrap(
-        write_bootstrap(
-            tmp_path / "proxy.yaml",
-            {
-                "identity": identity_block(files),
-                "admin": "127.0.0.1:0",
-                "inbound": {"listen": "127.0.0.1:0", "app": "127.0.0.1:9"},
-            },
-        )
+        # app 127.0.0.1:9 (discard): the admin tests never reach the app
+        write_bootstrap(tmp_path / "proxy.yaml", inbound_bootstrap(files, 9))
     )
     clock = ManualClock(wall=1_000.0)
     metrics = GoldenMetrics()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from tests.support.apps import echo_app
 from tests.support.pki import client_context, issue, make_ca, spiffe
-from tests.support.processes import PYTHON, identity_block, write_bootstrap
+from tests.support.processes import PYTHON, inbound_bootstrap, write_bootstrap
 from tests.support.waiting import STEP_TIMEOUT_S
 
 from meshlet.proxy.memory import peak_rss_bytes, rss_bytes, tune_malloc
@@ -84,11 +84,7 @@ async def test_no_mmap_per_tls_read(tmp_path: Path) -> None:
     client = issue(ca, tmp_path / "client", spiffe("apps", "client"))
     out = tmp_path / "strace.txt"
     async with echo_app() as app:
-        conf = {
-            "identity": identity_block(server),
-            "admin": None,
-            "inbound": {"listen": "127.0.0.1:0", "app": f"127.0.0.1:{app.port}"},
-        }
+        conf = inbound_bootstrap(server, app.port, admin=None)
         path = write_bootstrap(tmp_path / "proxy.yaml", conf)
         code = (
             "import sys; from meshlet.proxy.runner import run_proxy; "

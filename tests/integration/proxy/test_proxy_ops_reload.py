@@ -19,7 +19,13 @@ import pytest
 from tests.support.apps import echo_app
 from tests.support.http import http_get
 from tests.support.pki import client_context, issue, make_ca, spiffe
-from tests.support.processes import ProxyProcess, identity_block, running_proxy, write_bootstrap
+from tests.support.processes import (
+    ProxyProcess,
+    identity_block,
+    inbound_bootstrap,
+    running_proxy,
+    write_bootstrap,
+)
 from tests.support.waiting import STEP_TIMEOUT_S, wait_until
 
 from meshlet.config.bootstrap import IdentityFiles
@@ -80,13 +86,7 @@ async def test_rotation_under_load_drops_nothing(tmp_path: Path) -> None:
         b_files = issue(ca, tmp_path / "b", SERVER_ID)
         a_files = issue(ca, tmp_path / "a", CLIENT_ID)
         probe = issue(ca, tmp_path / "probe", spiffe("apps", "probe"))
-        b_conf = {
-            "identity": identity_block(b_files),
-            "admin": "127.0.0.1:0",
-            "inbound": {
-                "listen": "127.0.0.1:0", "app": f"127.0.0.1:{app.port}", "mtls": "STRICT",
-            },
-        }  # fmt: skip
+        b_conf = inbound_bootstrap(b_files, app.port, mtls="STRICT")
         async with running_proxy(write_bootstrap(tmp_path / "b.yaml", b_conf)) as b:
             b_in = b.address("inbound")
             a_conf = {
@@ -175,11 +175,7 @@ async def test_a_broken_certificate_file_keeps_the_old_identity(tmp_path: Path) 
     async with echo_app() as app:
         files = issue(ca, tmp_path / "b", SERVER_ID)
         probe = client_context(issue(ca, tmp_path / "probe", CLIENT_ID))
-        conf = {
-            "identity": identity_block(files),
-            "admin": "127.0.0.1:0",
-            "inbound": {"listen": "127.0.0.1:0", "app": f"127.0.0.1:{app.port}"},
-        }
+        conf = inbound_bootstrap(files, app.port)
         async with running_proxy(write_bootstrap(tmp_path / "b.yaml", conf)) as b:
             old_serial = await _serial_via_admin(b)
             good_cert = files.cert.read_bytes()

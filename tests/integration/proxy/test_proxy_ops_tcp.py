@@ -14,7 +14,12 @@ import pytest
 from tests.support.apps import tcp_echo
 from tests.support.http import http_get
 from tests.support.pki import client_context, issue, make_ca, spiffe
-from tests.support.processes import identity_block, running_proxy, write_bootstrap
+from tests.support.processes import (
+    identity_block,
+    inbound_bootstrap,
+    running_proxy,
+    write_bootstrap,
+)
 
 from meshlet.config.bootstrap import (
     Address,
@@ -272,13 +277,7 @@ async def test_tcp_mode_through_two_real_proxies(tmp_path: Path) -> None:
     a_files = issue(ca, tmp_path / "a", CLIENT_ID)
     payload = os.urandom(256 * 1024)
     async with tcp_echo() as app_port:
-        b_conf = {
-            "identity": identity_block(b_files),
-            "admin": "127.0.0.1:0",
-            "inbound": {
-                "listen": "127.0.0.1:0", "app": f"127.0.0.1:{app_port}", "protocol": "tcp",
-            },
-        }  # fmt: skip
+        b_conf = inbound_bootstrap(b_files, app_port, protocol="tcp")
         async with running_proxy(write_bootstrap(tmp_path / "b.yaml", b_conf)) as b:
             b_port = b.address("inbound")[1]
             a_conf = {
