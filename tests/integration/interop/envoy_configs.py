@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.support.http import http_get
 
 from meshlet.config.bootstrap import IdentityFiles
 
@@ -209,15 +210,8 @@ class EnvoyProcess:
 
 
 async def _admin_get(admin: tuple[str, int], path: str) -> bytes:
-    reader, writer = await asyncio.open_connection(*admin)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n".encode())
-        await writer.drain()
-        raw = await reader.read(-1)
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return _dechunk(body) if b"transfer-encoding: chunked" in head.lower() else body
+    _, headers, body = await http_get(*admin, path, headers={"host": "admin"})
+    return _dechunk(body) if headers.get("transfer-encoding", "").lower() == "chunked" else body
 
 
 def _dechunk(body: bytes) -> bytes:
