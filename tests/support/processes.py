@@ -131,7 +131,7 @@ def identity_block(files: IdentityFiles) -> dict[str, str]:
 
 
 def inbound_bootstrap(
-    files: IdentityFiles, app_port: int, *, admin: str | None = "127.0.0.1:0", **inbound: str
+    files: IdentityFiles, app_port: int, *, admin: str | None = "127.0.0.1:0", **inbound: Any
 ) -> dict[str, Any]:
     """A bootstrap with one inbound listener on 127.0.0.1 port 0 in front of the
     app on ``app_port``; ``inbound`` adds keys to that section (``mtls``, ``protocol``)."""
@@ -139,6 +139,18 @@ def inbound_bootstrap(
         "identity": identity_block(files),
         "admin": admin,
         "inbound": {"listen": "127.0.0.1:0", "app": f"127.0.0.1:{app_port}", **inbound},
+    }
+
+
+def outbound_bootstrap(
+    files: IdentityFiles, services: dict[str, Any], *, admin: str | None = "127.0.0.1:0"
+) -> dict[str, Any]:
+    """A bootstrap with one outbound listener on 127.0.0.1 port 0 for ``services``
+    (the ``outbound.services`` mapping of the bootstrap file)."""
+    return {
+        "identity": identity_block(files),
+        "admin": admin,
+        "outbound": {"listen": "127.0.0.1:0", "services": services},
     }
 
 

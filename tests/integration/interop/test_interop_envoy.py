@@ -29,8 +29,8 @@ from tests.support.apps import echo_app, tcp_echo
 from tests.support.http import http_get
 from tests.support.pki import issue, make_ca, spiffe
 from tests.support.processes import (
-    identity_block,
     inbound_bootstrap,
+    outbound_bootstrap,
     running_proxy,
     write_bootstrap,
 )
@@ -120,18 +120,12 @@ async def test_meshlet_outbound_to_envoy_inbound(tmp_path: Path) -> None:
             def svc(port: int, identity: str) -> dict[str, Any]:
                 return {"endpoints": [{"address": f"127.0.0.1:{port}", "identity": identity}]}
 
-            conf = {
-                "identity": identity_block(meshlet_files),
-                "admin": "127.0.0.1:0",
-                "outbound": {
-                    "listen": "127.0.0.1:0",
-                    "services": {
-                        "envoy": svc(ingress, ENVOY_ID),
-                        "envoy-wrong-id": svc(ingress, spiffe("ml", "not-envoy")),
-                        "envoy-picky": svc(picky, ENVOY_ID),
-                    },
-                },
+            services = {
+                "envoy": svc(ingress, ENVOY_ID),
+                "envoy-wrong-id": svc(ingress, spiffe("ml", "not-envoy")),
+                "envoy-picky": svc(picky, ENVOY_ID),
             }
+            conf = outbound_bootstrap(meshlet_files, services)
             path = write_bootstrap(tmp_path / "meshlet.yaml", conf)
             async with running_proxy(path) as meshlet:
                 out = meshlet.address("outbound")
@@ -211,11 +205,7 @@ async def test_opaque_tcp_both_ways_with_envoy(tmp_path: Path) -> None:
                 envoy_port = envoy.listeners["from_meshlet"][1]
                 endpoint = {"address": f"127.0.0.1:{envoy_port}", "identity": ENVOY_ID}
                 service = {"protocol": "tcp", "listen": "127.0.0.1:0", "endpoints": [endpoint]}
-                out_conf = {
-                    "identity": identity_block(meshlet_files),
-                    "admin": "127.0.0.1:0",
-                    "outbound": {"listen": "127.0.0.1:0", "services": {"echo": service}},
-                }
+                out_conf = outbound_bootstrap(meshlet_files, {"echo": service})
                 path = write_bootstrap(tmp_path / "out.yaml", out_conf)
                 async with running_proxy(path) as outbound:
                     host, port = str(outbound.ready[0]["tcp"]["echo"]).rsplit(":", 1)

@@ -11,7 +11,13 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.pki import Pki
-from tests.support.processes import start_proxy, stop_process
+from tests.support.processes import (
+    inbound_bootstrap,
+    outbound_bootstrap,
+    start_proxy,
+    stop_process,
+    write_bootstrap,
+)
 from tests.support.proxy_app import start_app
 from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
@@ -35,21 +41,14 @@ def _series(text: str, name: str, reporter: str) -> list[str]:
 async def test_workload_labels_come_from_the_svid(pki: Pki, tmp_path: Path) -> None:
     app, stats, app_port = await start_app()
     server, client = pki.files(SERVER_ID, "server"), pki.files(CLIENT_ID, "client")
-    (tmp_path / "in.yaml").write_text(
-        f"identity: {{cert: {server.cert}, key: {server.key}, bundle: {server.bundle}}}\n"
-        "admin: '127.0.0.1:0'\n"
-        f"inbound: {{listen: '127.0.0.1:0', app: '127.0.0.1:{app_port}'}}\n"
-    )
+    write_bootstrap(tmp_path / "in.yaml", inbound_bootstrap(server, app_port))
     procs: list[asyncio.subprocess.Process] = []
     try:
         inbound, ready_in = await _start(tmp_path / "in.yaml")
         procs.append(inbound)
-        (tmp_path / "out.yaml").write_text(
-            f"identity: {{cert: {client.cert}, key: {client.key}, bundle: {client.bundle}}}\n"
-            "admin: '127.0.0.1:0'\n"
-            "outbound:\n  listen: '127.0.0.1:0'\n  services:\n    inference:\n"
-            f"      endpoints: [{{address: '{ready_in['inbound']}', identity: '{SERVER_ID}'}}]\n"
-        )
+        endpoint = {"address": ready_in["inbound"], "identity": SERVER_ID}
+        services = {"inference": {"endpoints": [endpoint]}}
+        write_bootstrap(tmp_path / "out.yaml", outbound_bootstrap(client, services))
         outbound, ready_out = await _start(tmp_path / "out.yaml")
         procs.append(outbound)
         async with httpx.AsyncClient(proxy=f"http://{ready_out['outbound']}", timeout=T) as c:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.pki import Pki
-from tests.support.processes import start_proxy
+from tests.support.processes import inbound_bootstrap, start_proxy, write_bootstrap
 from tests.support.proxy_app import start_app
 from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
@@ -55,13 +55,9 @@ async def test_workers_flush_every_audit_record_on_sigterm(pki: Pki, tmp_path: P
     (tmp_path / "policies.yaml").write_text(POLICY)
     audit = tmp_path / "audit.log"
     config = tmp_path / "in.yaml"
-    config.write_text(
-        f"identity: {{cert: {server.cert}, key: {server.key}, bundle: {server.bundle}}}\n"
-        "admin: null\n"
-        f"inbound: {{listen: '127.0.0.1:0', app: '127.0.0.1:{app_port}', mtls: STRICT,\n"
-        f"  policies: ['{tmp_path / 'policies.yaml'}']}}\n"
-        f"audit: {{path: '{audit}'}}\n"
-    )
+    policies = [str(tmp_path / "policies.yaml")]
+    inbound = inbound_bootstrap(server, app_port, admin=None, mtls="STRICT", policies=policies)
+    write_bootstrap(config, {**inbound, "audit": {"path": str(audit)}})
     proxy = await start_proxy(config, workers=2)
     proc = proxy.process
     try:

@@ -21,8 +21,8 @@ from tests.support.http import http_get
 from tests.support.pki import client_context, issue, make_ca, spiffe
 from tests.support.processes import (
     ProxyProcess,
-    identity_block,
     inbound_bootstrap,
+    outbound_bootstrap,
     running_proxy,
     write_bootstrap,
 )
@@ -89,20 +89,8 @@ async def test_rotation_under_load_drops_nothing(tmp_path: Path) -> None:
         b_conf = inbound_bootstrap(b_files, app.port, mtls="STRICT")
         async with running_proxy(write_bootstrap(tmp_path / "b.yaml", b_conf)) as b:
             b_in = b.address("inbound")
-            a_conf = {
-                "identity": identity_block(a_files),
-                "admin": "127.0.0.1:0",
-                "outbound": {
-                    "listen": "127.0.0.1:0",
-                    "services": {
-                        "inference": {
-                            "endpoints": [
-                                {"address": f"127.0.0.1:{b_in[1]}", "identity": SERVER_ID}
-                            ]
-                        }
-                    },
-                },
-            }
+            endpoint = {"address": f"127.0.0.1:{b_in[1]}", "identity": SERVER_ID}
+            a_conf = outbound_bootstrap(a_files, {"inference": {"endpoints": [endpoint]}})
             async with running_proxy(write_bootstrap(tmp_path / "a.yaml", a_conf)) as a:
                 a_out = a.address("outbound")
                 probe_ctx = client_context(probe)

@@ -15,8 +15,8 @@ from tests.support.apps import tcp_echo
 from tests.support.http import http_get
 from tests.support.pki import client_context, issue, make_ca, spiffe
 from tests.support.processes import (
-    identity_block,
     inbound_bootstrap,
+    outbound_bootstrap,
     running_proxy,
     write_bootstrap,
 )
@@ -280,22 +280,12 @@ async def test_tcp_mode_through_two_real_proxies(tmp_path: Path) -> None:
         b_conf = inbound_bootstrap(b_files, app_port, protocol="tcp")
         async with running_proxy(write_bootstrap(tmp_path / "b.yaml", b_conf)) as b:
             b_port = b.address("inbound")[1]
-            a_conf = {
-                "identity": identity_block(a_files),
-                "admin": "127.0.0.1:0",
-                "outbound": {
-                    "listen": "127.0.0.1:0",
-                    "services": {
-                        "grpc": {
-                            "protocol": "tcp",
-                            "listen": "127.0.0.1:0",
-                            "endpoints": [
-                                {"address": f"127.0.0.1:{b_port}", "identity": SERVER_ID}
-                            ],
-                        }
-                    },
-                },
+            grpc = {
+                "protocol": "tcp",
+                "listen": "127.0.0.1:0",
+                "endpoints": [{"address": f"127.0.0.1:{b_port}", "identity": SERVER_ID}],
             }
+            a_conf = outbound_bootstrap(a_files, {"grpc": grpc})
             async with running_proxy(write_bootstrap(tmp_path / "a.yaml", a_conf)) as a:
                 host, port = str(a.ready[0]["tcp"]["grpc"]).rsplit(":", 1)
                 assert await _roundtrip((host, int(port)), payload) == payload

@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 from tests.support.pki import Pki
-from tests.support.processes import start_proxy
+from tests.support.processes import (
+    inbound_bootstrap,
+    outbound_bootstrap,
+    start_proxy,
+    write_bootstrap,
+)
 from tests.support.proxy_app import start_app
 from tests.support.sidecars import CLIENT_ID, SERVER_ID
 
@@ -45,21 +50,14 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
 async def test_large_upload_bounded_memory_and_sigterm_exit_0(pki: Pki, tmp_path: Path) -> None:
     app, stats, app_port = await start_app()
     server, client = pki.files(SERVER_ID, "server"), pki.files(CLIENT_ID, "client")
-    (tmp_path / "in.yaml").write_text(
-        f"identity: {{cert: {server.cert}, key: {server.key}, bundle: {server.bundle}}}\n"
-        "admin: null\n"
-        f"inbound: {{listen: '127.0.0.1:0', app: '127.0.0.1:{app_port}'}}\n"
-    )
+    write_bootstrap(tmp_path / "in.yaml", inbound_bootstrap(server, app_port, admin=None))
     procs = []
     try:
         inbound, ready_in = await _start_proxy(tmp_path / "in.yaml")
         procs.append(inbound)
-        (tmp_path / "out.yaml").write_text(
-            f"identity: {{cert: {client.cert}, key: {client.key}, bundle: {client.bundle}}}\n"
-            "admin: null\n"
-            "outbound:\n  listen: '127.0.0.1:0'\n  services:\n    inference:\n"
-            f"      endpoints: [{{address: '{ready_in['inbound']}', identity: '{SERVER_ID}'}}]\n"
-        )
+        endpoint = {"address": ready_in["inbound"], "identity": SERVER_ID}
+        services = {"inference": {"endpoints": [endpoint]}}
+        write_bootstrap(tmp_path / "out.yaml", outbound_bootstrap(client, services, admin=None))
         outbound, ready_out = await _start_proxy(tmp_path / "out.yaml")
         procs.append(outbound)
         pids = [inbound.pid, outbound.pid]
