@@ -1,5 +1,6 @@
-"""Small asyncio upstreams on 127.0.0.1 port 0: an HTTP/1.1 echo, a TCP echo, and
-a scripted one-request-per-connection HTTP server."""
+"""Small asyncio upstreams on 127.0.0.1 port 0: an HTTP/1.1 echo, a TCP echo, any
+TCP server given its connection handler, and a scripted one-request-per-connection
+HTTP server."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 # A scripted answer: (status, extra headers, body).
 Answer = tuple[int, dict[str, str], bytes]
 # (method, target, lowercase headers) -> the answer
 Handler = Callable[[str, str, dict[str, str]], Answer]
+# What asyncio.start_server calls for each connection.
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass
@@ -91,6 +94,13 @@ async def tcp_echo() -> AsyncIterator[int]:
         finally:
             writer.close()
 
+    async with tcp_server(serve) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(serve: ConnectionHandler) -> AsyncIterator[int]:
+    """``serve`` on 127.0.0.1 port 0 for the length of the block; yields the port."""
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.support.apps import tcp_echo
+from tests.support.apps import tcp_echo, tcp_server
 from tests.support.http import http_get
 from tests.support.pki import client_context, issue, make_ca, spiffe
 from tests.support.processes import (
@@ -324,12 +324,8 @@ async def ticker(count: int, every_s: float) -> AsyncIterator[int]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with tcp_server(serve) as port:
+        yield port
 
 
 async def test_half_close_reaches_a_plaintext_app(mesh: Mesh) -> None:
