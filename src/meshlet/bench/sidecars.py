@@ -17,8 +17,9 @@ How each product checks the URI SAN:
   forwarding; the client side can only refuse the *response* (``ssl_s_*`` is
   read after the exchange), which is weaker, and the report says so.
 - meshlet: ``outbound.services.*.endpoints[].identity`` pins the server's ID;
-  inbound ``mtls: STRICT`` accepts any SVID of the trust bundle (no policy file
-  is loaded, as the bench trusts one CA that issued only these two IDs).
+  inbound ``mtls: STRICT`` plus an AuthorizationPolicy that allows only the
+  client's principal, so the server side refuses every other SVID of the bundle
+  exactly as Envoy's SAN match does (and the policy engine's cost is counted).
 """
 
 from __future__ import annotations
@@ -198,11 +199,29 @@ def haproxy_client_config(
     )
 
 
-def meshlet_server_config(certs: BenchCerts, *, app_port: int) -> dict[str, Any]:
+def meshlet_server_policy(certs: BenchCerts) -> dict[str, Any]:
+    """An Istio AuthorizationPolicy letting only the bench client's identity in."""
+    principal = certs.client.spiffe_id.removeprefix("spiffe://")  # Istio's principal form
+    namespace = certs.server.spiffe_id.split("/ns/", 1)[1].split("/", 1)[0]
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "bench-client-only", "namespace": namespace},
+        "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": [principal]}}]}]},
+    }
+
+
+def meshlet_server_config(certs: BenchCerts, *, app_port: int, policy_file: Path) -> dict[str, Any]:
+    """``policy_file`` holds ``meshlet_server_policy(certs)``; the caller writes it."""
     return {
         "identity": _meshlet_identity(certs.server.cert, certs.server.key, certs.bundle),
         "admin": "127.0.0.1:0",
-        "inbound": {"listen": "127.0.0.1:0", "app": f"127.0.0.1:{app_port}", "mtls": "STRICT"},
+        "inbound": {
+            "listen": "127.0.0.1:0",
+            "app": f"127.0.0.1:{app_port}",
+            "mtls": "STRICT",
+            "policies": [str(policy_file)],
+        },
     }
 
 

@@ -280,9 +280,13 @@ async def _haproxy(name: str, cfg: str, sock: socket.socket, ctx: StartContext) 
 
 async def _start_meshlet(running: Running, ctx: StartContext) -> None:
     name, workers = running.variant.name, running.variant.workers
+    policy_file = ctx.workdir / f"{name}-server-policy.yaml"
+    policy_file.write_text(json.dumps(sidecars.meshlet_server_policy(ctx.certs)))  # JSON is YAML
     server = await _meshlet(
         f"{name}-server",
-        sidecars.meshlet_server_config(ctx.certs, app_port=running.app_port),
+        sidecars.meshlet_server_config(
+            ctx.certs, app_port=running.app_port, policy_file=policy_file
+        ),
         workers,
         ctx,
     )

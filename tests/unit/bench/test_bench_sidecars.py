@@ -70,8 +70,33 @@ def test_meshlet_pair_pins_server_identity(certs: BenchCerts) -> None:
     client = sidecars.meshlet_client_config(certs, server_port=7000)
     endpoint = client["outbound"]["services"]["upstream"]["endpoints"][0]
     assert endpoint == {"address": "127.0.0.1:7000", "identity": SERVER_ID}
-    server = sidecars.meshlet_server_config(certs, app_port=7001)
+    server = sidecars.meshlet_server_config(certs, app_port=7001, policy_file=Path("p.yaml"))
     assert server["inbound"]["mtls"] == "STRICT"
+    assert server["inbound"]["policies"] == ["p.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("principal", "action"),
+    [
+        pytest.param(CLIENT_ID, "ALLOW", id="the-client"),
+        pytest.param(SERVER_ID, "DENY", id="another-svid-of-the-bundle"),
+        pytest.param(None, "DENY", id="no-mtls"),
+    ],
+)
+def test_meshlet_server_policy_admits_only_the_client(
+    certs: BenchCerts, principal: str | None, action: str
+) -> None:
+    from meshlet.config.istio_security import load_security_documents
+    from meshlet.config.source import parse_yaml
+    from meshlet.policy.attributes import RequestAttributes, strip_spiffe
+    from meshlet.policy.scope import Workload, compile_workload
+
+    doc = json.dumps(sidecars.meshlet_server_policy(certs))
+    config = load_security_documents(parse_yaml(doc, "policy.yaml"))
+    security = compile_workload(config, Workload(namespace="bench"))
+    peer = strip_spiffe(principal) if principal else None  # as the proxy's gate passes it
+    request = RequestAttributes(method="GET", path="/", source_principal=peer)
+    assert str(security.authorization.evaluate(request).action.value) == action
 
 
 def test_echo_body_is_one_kib_and_sse_chunks_are_framed() -> None:
