@@ -83,6 +83,8 @@ class DownstreamConnection(asyncio.Protocol):
         "tunnel_pending",
         "url",
         "write_paused",
+        "xfcc",
+        "xff_line",
     )
 
     def __init__(self, listener: Listener, *, mtls: bool = False) -> None:
@@ -114,6 +116,13 @@ class DownstreamConnection(asyncio.Protocol):
         self.feeding = False
         self.eof = False  # the client half-closed: answer what was asked, then close
         self.to_flush: list[UpstreamConnection] = []
+        # Per-connection pieces of the forwarded head, made once instead of per
+        # request: x-forwarded-for when the client sent none, and inbound's
+        # x-forwarded-client-cert line with the local identity it was made for.
+        # Measured (bench_proxy --hot-path, two runs of 9 rounds, medians): inbound
+        # 8.38->8.18 and 8.16->8.08 µs, outbound 7.89->7.87 and 7.71->7.63 µs.
+        self.xff_line = b"x-forwarded-for: "
+        self.xfcc: tuple[str, bytes] | None = None
 
     # -- transport callbacks ------------------------------------------------
 
@@ -124,6 +133,7 @@ class DownstreamConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname") or ("", 0)
         self.peer_ip, self.peer_port = peer[0], peer[1]
         self.local_ip, self.local_port = local[0], local[1]
+        self.xff_line = b"x-forwarded-for: " + self.peer_ip.encode("ascii")
         if self.mtls:
             from meshlet.proxy.tls import peer_spiffe_id
 

@@ -157,15 +157,21 @@ class InboundRouter:
         conn = ex.conn
         lines = list(extra)
         lines.append(b"x-request-id: " + ex.request_id)
-        ip = conn.peer_ip.encode("ascii")
-        lines.append(b"x-forwarded-for: " + (ex.xff + b", " + ip if ex.xff else ip))
+        if ex.xff:
+            lines.append(b"x-forwarded-for: " + ex.xff + b", " + conn.peer_ip.encode("ascii"))
+        else:
+            lines.append(conn.xff_line)
         if conn.principal is not None:
-            lines.append(
-                b"x-forwarded-client-cert: By="
-                + ex.dst_principal.encode("ascii")
-                + b";URI="
-                + conn.principal.encode("ascii")
-            )
+            xfcc = conn.xfcc
+            if xfcc is None or xfcc[0] != ex.dst_principal:  # first request, or a new SVID
+                line = (
+                    b"x-forwarded-client-cert: By="
+                    + ex.dst_principal.encode("ascii")
+                    + b";URI="
+                    + conn.principal.encode("ascii")
+                )
+                xfcc = conn.xfcc = (ex.dst_principal, line)
+            lines.append(xfcc[1])
         lines.append(b"x-forwarded-proto: " + (ex.xfp or (b"https" if conn.mtls else b"http")))
         ex.head = request_head(
             ex.method,

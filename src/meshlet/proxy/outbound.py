@@ -128,8 +128,10 @@ class OutboundRouter:
         if not ex.request_id:
             ex.request_id = conn.listener.ids.next()
         extra.append(b"x-request-id: " + ex.request_id)
-        ip = conn.peer_ip.encode("ascii")
-        extra.append(b"x-forwarded-for: " + (ex.xff + b", " + ip if ex.xff else ip))
+        if ex.xff:
+            extra.append(b"x-forwarded-for: " + ex.xff + b", " + conn.peer_ip.encode("ascii"))
+        else:
+            extra.append(conn.xff_line)
         extra.append(b"x-forwarded-proto: " + (ex.xfp or b"http"))
         return extra
 
