@@ -35,7 +35,11 @@ def normalize_target(target: bytes) -> bytes | None:
     # Only '.' (dot segments, RFC 3986 §5.2.4), '%' (escapes, §6.2.2) and '\\'
     # (Envoy turns backslashes into slashes) can change a path; most inference
     # targets (/v2/models/m/infer, /v1/chat/completions) hold none of them.
-    if b"." not in target and b"%" not in target and b"\\" not in target:
+    # Byte values, not one-byte bytes: ``46 in target`` is a plain byte scan while
+    # ``b"." in target`` goes through the buffer protocol and a substring search;
+    # the three checks measured 30 vs 340 ns (timeit) and inbound's hot path
+    # 8.26->7.75 µs (bench_proxy --hot-path, medians of 9).
+    if 46 not in target and 37 not in target and 92 not in target:  # . % \\
         return target  # the common case: three byte scans, no allocation
     q = target.find(b"?")
     path, query = (target, b"") if q < 0 else (target[:q], target[q:])
