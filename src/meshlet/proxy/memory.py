@@ -18,6 +18,7 @@ before the sidecar announces it is ready (measured: about 0.7 MiB of idle RSS).
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import sys
@@ -70,6 +71,20 @@ def tune_malloc(
     if not ok:
         logger.warning("mallopt_refused", extra={"mmap_threshold": mmap_threshold_bytes})
     return ok
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive after start-up out of the collector's reach.
+
+    Modules, the compiled config and the policy engine live as long as the
+    process; left in the heap, every full collection walks them again and stalls
+    the event loop. Measured with ``meshlet bench --topologies meshlet --workers 1
+    --duration 15 --repeat 3``: the sidecar pair's uncorrected p99.9 went from
+    20.6 ms (19.3-26.7) to 16.9 ms (11.5-18.0). Returns how many objects are frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def trim_heap() -> bool:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshlet.clock import Clock, MonotonicClock
 from meshlet.config.bootstrap import BootstrapConfig, load_bootstrap
-from meshlet.proxy.memory import trim_heap, tune_malloc
+from meshlet.proxy.memory import freeze_startup_heap, trim_heap, tune_malloc
 
 if TYPE_CHECKING:
     from meshlet.proxy.admin import AdminServer
@@ -92,6 +92,7 @@ async def serve(
     listen_socks = {k: v for k, v in (sockets or {}).items() if k != "admin"}
     await server.start(listen_socks or None)
     admin = await _start_admin(config, server, metrics, clock, worker, sockets)
+    freeze_startup_heap()
     trim_heap()  # start-up garbage back to the OS before the idle RSS is judged
     _announce(worker, server, admin)
 
