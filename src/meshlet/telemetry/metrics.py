@@ -159,8 +159,9 @@ class GoldenMetrics:
         mtls: bool,
     ) -> None:
         """Count one opaque TCP connection accepted (inbound) or opened (outbound)."""
-        key = (reporter, source_principal, destination_principal, destination_service, mtls)
-        series = self._tcp.get(key) or self._new_tcp(key)
+        series = self._tcp_series(
+            reporter, source_principal, destination_principal, destination_service, mtls
+        )
         series.opened += 1
 
     def tcp_closed(
@@ -173,8 +174,9 @@ class GoldenMetrics:
         mtls: bool,
     ) -> None:
         """Count one opaque TCP connection closed."""
-        key = (reporter, source_principal, destination_principal, destination_service, mtls)
-        series = self._tcp.get(key) or self._new_tcp(key)
+        series = self._tcp_series(
+            reporter, source_principal, destination_principal, destination_service, mtls
+        )
         series.closed += 1
 
     def tcp_bytes(
@@ -190,8 +192,9 @@ class GoldenMetrics:
     ) -> None:
         """Add spliced bytes, in Istio's sense: ``received`` flowed in the request
         direction (client to server), ``sent`` in the response direction."""
-        key = (reporter, source_principal, destination_principal, destination_service, mtls)
-        series = self._tcp.get(key) or self._new_tcp(key)
+        series = self._tcp_series(
+            reporter, source_principal, destination_principal, destination_service, mtls
+        )
         series.sent += sent
         series.received += received
 
@@ -350,6 +353,18 @@ class GoldenMetrics:
                 return existing
         series = self._http[key] = _HttpSeries()
         return series
+
+    def _tcp_series(
+        self,
+        reporter: str,
+        source_principal: str,
+        destination_principal: str,
+        destination_service: str,
+        mtls: bool,
+    ) -> _TcpSeries:
+        """The series of one TCP label set, created on first use."""
+        key = (reporter, source_principal, destination_principal, destination_service, mtls)
+        return self._tcp.get(key) or self._new_tcp(key)
 
     def _new_tcp(self, key: _TcpKey) -> _TcpSeries:
         if len(self._tcp) >= self._max_series:
