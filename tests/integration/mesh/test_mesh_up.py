@@ -222,14 +222,14 @@ def test_bad_policy_file_is_reported_before_anything_starts(tmp_path: Path) -> N
 
 def test_demo_runs_the_scenario_and_passes_its_checks() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "meshlet.mesh.demo", "--requests", "60"],
+        [sys.executable, "-m", "meshlet.mesh.demo", "--requests", "150"],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "frontend -> inference: 60 requests" in out
+    assert "frontend -> inference: 150 requests" in out
     assert "intruder -> inference: 20 requests" in out
     assert "100.0% over mutual TLS" in out
     assert "plaintext to an inference sidecar: refused" in out
