@@ -393,6 +393,12 @@ class TcpOutboundListener(_TcpListener):
         self._identity = identity
         self._order = itertools.cycle(range(len(service.endpoints)))
 
+    def update_service(self, service: ServiceConfig) -> None:
+        """New endpoints for new connections; live ones keep their upstream
+        (dynamic mode: a control-plane snapshot changed this service)."""
+        self._service = service
+        self._order = itertools.cycle(range(len(service.endpoints)))
+
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         up = await self._connect_upstream()
         if up is None:
