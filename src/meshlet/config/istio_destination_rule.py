@@ -38,7 +38,7 @@ class _ConsistentHashSchema(IstioSchema):
 class _CookieSchema(IstioSchema):
     name: str
     path: str | None = None
-    ttl: str | None = None
+    ttl: Duration | None = None
 
 
 class _RingHashSchema(IstioSchema):
@@ -65,6 +65,12 @@ class _LoadBalancerSchema(IstioSchema):
                 algorithm=LbAlgorithm.MAGLEV if ch.maglev else LbAlgorithm.RING_HASH,
                 hash_header=ch.http_header_name.lower() if ch.http_header_name else None,
                 hash_cookie=ch.http_cookie.name if ch.http_cookie else None,
+                hash_cookie_ttl_s=(
+                    parse_duration(ch.http_cookie.ttl)
+                    if ch.http_cookie and ch.http_cookie.ttl
+                    else None
+                ),
+                hash_cookie_path=ch.http_cookie.path if ch.http_cookie else None,
                 hash_source_ip=ch.use_source_ip,
                 ring_size=(
                     ch.ring_hash.minimum_ring_size if ch.ring_hash else ch.minimum_ring_size or 1024

@@ -170,6 +170,11 @@ class LoadBalancer:
     algorithm: LbAlgorithm = LbAlgorithm.P2C_EWMA
     hash_header: str | None = None
     hash_cookie: str | None = None
+    # httpCookie.ttl: when set, a request without the cookie gets one generated
+    # and set on the response (Istio/Envoy); 0 makes it a session cookie. None:
+    # no cookie is generated and such a request has no hash key.
+    hash_cookie_ttl_s: float | None = None
+    hash_cookie_path: str | None = None  # httpCookie.path of a generated cookie
     hash_source_ip: bool = False
     ring_size: int = 1024  # Envoy's minimum_ring_size default
     maglev_table_size: int = 65537  # Envoy's default, a prime
