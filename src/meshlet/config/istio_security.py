@@ -13,6 +13,8 @@ re-exported here, the one import path the rest of meshlet uses.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from meshlet.config.istio_common import Resource, parse_resource
 from meshlet.config.istio_security_checks import (
@@ -24,6 +26,7 @@ from meshlet.config.istio_security_checks import (
 )
 from meshlet.config.istio_security_schema import (
     AuthzSpec,
+    JwksResolverSpec,
     JwtRuleSchema,
     PeerSpec,
     ProviderSpec,
@@ -35,6 +38,7 @@ from meshlet.config.istio_security_types import (
     AuthorizationPolicy,
     Condition,
     ExtAuthzProvider,
+    JwksResolver,
     JwtRule,
     MtlsMode,
     Operation,
@@ -58,6 +62,7 @@ __all__ = [
     "AuthorizationPolicy",
     "Condition",
     "ExtAuthzProvider",
+    "JwksResolver",
     "JwtRule",
     "MtlsMode",
     "Operation",
@@ -71,6 +76,7 @@ __all__ = [
     "load_security_documents",
     "load_security_paths",
     "load_security_resources",
+    "secure_or_loopback",
 ]
 
 GROUP = "security.istio.io"
@@ -153,15 +159,44 @@ def _peer(resource: Resource) -> PeerAuthentication:
     )
 
 
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def secure_or_loopback(url: str) -> bool:
+    """True for an ``https://`` URL, or an ``http://`` one whose host is a
+    loopback address (a local identity provider, or a test): the only URLs
+    meshlet follows for OpenID discovery, where no operator chose the URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return False
+    if parts.scheme == "https":
+        return bool(host)
+    return parts.scheme == "http" and (host in _LOOPBACK_HOSTS or host.startswith("127."))
+
+
+_NOT_TOKEN = frozenset('()<>@,;:\\"/[]?={} \t')
+
+
 def _jwt_rule(check: Checker, j: JwtRuleSchema, path: tuple[str | int, ...]) -> JwtRule:
     if not j.issuer:
         check.fail((*path, "issuer"), "issuer must not be empty")
     if j.jwks is not None and j.jwks_uri is not None:
         check.fail(path, "set jwks or jwksUri, not both")
-    if j.jwks is None and j.jwks_uri is None:
-        check.fail(path, "meshlet needs jwks or jwksUri (OpenID discovery is not supported)")
+    if j.jwks is None and j.jwks_uri is None and not secure_or_loopback(j.issuer):
+        # discovery trusts whatever the issuer's host answers: only over verified TLS
+        check.fail(
+            (*path, "issuer"),
+            "OpenID discovery (no jwks, no jwksUri) needs an https:// issuer "
+            f"(or http:// on a loopback address), got {j.issuer!r}",
+        )
     if j.jwks_uri is not None and not j.jwks_uri.startswith(("https://", "http://", "file://")):
         check.fail((*path, "jwksUri"), "must be an http(s):// or file:// URI")
+    for i, cookie in enumerate(j.from_cookies):
+        # RFC 6265 cookie-name is a token: no separators, spaces or '='
+        if not cookie or any(c in _NOT_TOKEN or ord(c) < 33 or ord(c) > 126 for c in cookie):
+            check.fail((*path, "fromCookies", i), f"not a valid cookie name: {cookie!r}")
     timeout_s = 5.0 if j.timeout is None else duration_s(check, j.timeout, (*path, "timeout"))
     return JwtRule(
         issuer=j.issuer,
@@ -170,6 +205,7 @@ def _jwt_rule(check: Checker, j: JwtRuleSchema, path: tuple[str | int, ...]) -> 
         jwks_uri=j.jwks_uri,
         from_headers=tuple((h.name.lower(), h.prefix) for h in j.from_headers),
         from_params=tuple(j.from_params),
+        from_cookies=tuple(j.from_cookies),
         output_payload_to_header=j.output_payload_to_header,
         output_claim_to_headers=tuple(
             (c.header.lower(), c.claim) for c in j.output_claim_to_headers
@@ -219,20 +255,47 @@ def _provider(resource: Resource) -> ExtAuthzProvider:
     )
 
 
+_PEM_CERT = "-----BEGIN CERTIFICATE-----"
+
+
+def _jwks_resolver(resource: Resource) -> JwksResolver:
+    spec: JwksResolverSpec = validate_spec(JwksResolverSpec, resource)
+    check = Checker(resource)
+    pem = spec.extra_root_ca
+    if (pem is None) == (spec.extra_root_ca_file is None):
+        check.fail(("spec",), "set exactly one of extraRootCA and extraRootCAFile")
+    if spec.extra_root_ca_file is not None:
+        # relative to the YAML file, as every other path in meshlet's documents
+        path = Path(resource.document.file).parent / spec.extra_root_ca_file
+        try:
+            pem = path.read_text(encoding="ascii")
+        except (OSError, UnicodeError) as exc:
+            check.fail(("spec", "extraRootCAFile"), f"cannot read {path}: {exc}")
+    field = "extraRootCA" if spec.extra_root_ca is not None else "extraRootCAFile"
+    if pem is not None and _PEM_CERT not in pem:
+        check.fail(("spec", field), "holds no PEM certificate")
+    check.done()
+    return JwksResolver(
+        name=resource.name, extra_root_ca=pem or "", where=resource.document.where()
+    )
+
+
 _LOADERS: dict[str, Callable[[Resource], object]] = {
     "AuthorizationPolicy": _authorization,
     "PeerAuthentication": _peer,
     "RequestAuthentication": _request_authn,
     "ExtensionProvider": _provider,
+    "JwksResolver": _jwks_resolver,
 }
 
 
 MESHLET_GROUP = "meshlet.dev"
+MESHLET_KINDS = frozenset({"ExtensionProvider", "JwksResolver"})
 
 
 def is_security_resource(resource: Resource) -> bool:
     return resource.group == GROUP or (
-        resource.group == MESHLET_GROUP and resource.kind == "ExtensionProvider"
+        resource.group == MESHLET_GROUP and resource.kind in MESHLET_KINDS
     )
 
 
@@ -244,6 +307,7 @@ def load_security_resources(resources: Iterable[Resource]) -> SecurityConfig:
     authz: list[AuthorizationPolicy] = []
     authn: list[RequestAuthentication] = []
     providers: list[ExtAuthzProvider] = []
+    resolvers: list[JwksResolver] = []
     seen: set[tuple[str, str]] = set()
     for resource in resources:
         if not is_security_resource(resource):
@@ -277,6 +341,14 @@ def load_security_resources(resources: Iterable[Resource]) -> SecurityConfig:
             authn.append(loaded)
         elif isinstance(loaded, ExtAuthzProvider):
             providers.append(loaded)
+        elif isinstance(loaded, JwksResolver):
+            if resolvers:
+                problems.append(
+                    resource.problem(
+                        ("kind",), f"a second JwksResolver (the first is at {resolvers[0].where})"
+                    )
+                )
+            resolvers.append(loaded)
     if problems:
         raise ConfigError(problems)
     return SecurityConfig(
@@ -284,6 +356,7 @@ def load_security_resources(resources: Iterable[Resource]) -> SecurityConfig:
         authorization_policies=tuple(authz),
         request_authentications=tuple(authn),
         providers=tuple(providers),
+        jwks_extra_root_ca=resolvers[0].extra_root_ca if resolvers else None,
     )
 
 

@@ -105,6 +105,7 @@ class JwtRuleSchema(StrictSchema):
     jwks: StrictStr | None = None
     from_headers: list[HeaderSchema] = []
     from_params: Strs = []
+    from_cookies: Strs = []
     output_payload_to_header: StrictStr | None = None
     output_claim_to_headers: list[ClaimHeader] = []
     forward_original_token: StrictBool = False
@@ -129,6 +130,12 @@ class ExtAuthzHttp(StrictSchema):
 
 class ProviderSpec(StrictSchema):
     envoy_ext_authz_http: ExtAuthzHttp
+
+
+class JwksResolverSpec(StrictSchema):
+    # Istio's install value pilot.jwksResolverExtraRootCA (PEM), or a file holding it.
+    extra_root_ca: StrictStr | None = Field(default=None, alias="extraRootCA")
+    extra_root_ca_file: StrictStr | None = Field(default=None, alias="extraRootCAFile")
 
 
 def validate_spec(model: type[StrictSchema], resource: Resource) -> Any:

@@ -113,7 +113,8 @@ class PeerAuthentication:
 class JwtRule:
     """One accepted JWT issuer. Defaults follow Istio: with no ``from_headers``
     and no ``from_params`` the token is read from ``Authorization: Bearer`` and
-    the ``access_token`` query parameter."""
+    the ``access_token`` query parameter. With no ``jwks`` and no ``jwks_uri`` the
+    keys are found by OpenID discovery from the issuer."""
 
     issuer: str
     audiences: tuple[str, ...] = ()
@@ -121,6 +122,7 @@ class JwtRule:
     jwks_uri: str | None = None  # http(s):// fetched and cached; file:// read at load
     from_headers: tuple[tuple[str, str], ...] = ()  # (lowercase name, value prefix)
     from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()  # cookie names, case-sensitive as RFC 6265 says
     output_payload_to_header: str | None = None
     output_claim_to_headers: tuple[tuple[str, str], ...] = ()  # (header, claim)
     forward_original_token: bool = False
@@ -158,6 +160,16 @@ class ExtAuthzProvider:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JwksResolver:
+    """Trust for https JWKS fetches: Istio's install-time ``jwksResolverExtraRootCA``,
+    written as a meshlet.dev document because meshlet has no install values."""
+
+    name: str
+    extra_root_ca: str  # PEM certificates, trusted on top of the system store
+    where: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SecurityConfig:
     """Every security resource of a configuration, in load order."""
 
@@ -165,3 +177,6 @@ class SecurityConfig:
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     request_authentications: tuple[RequestAuthentication, ...] = ()
     providers: tuple[ExtAuthzProvider, ...] = ()
+    # Extra trust anchors (PEM) for https JWKS and discovery fetches, added to the
+    # system store: Istio's jwksResolverExtraRootCA. None: the system store only.
+    jwks_extra_root_ca: str | None = None

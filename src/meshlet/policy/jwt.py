@@ -61,6 +61,18 @@ def parse_jwks(text: str, *, where: str) -> tuple[jwt.PyJWK, ...]:
     return tuple(keys)
 
 
+def discovery_url(issuer: str) -> str:
+    """OpenID Connect Discovery 1.0 section 4: the issuer, without a trailing
+    slash, plus ``/.well-known/openid-configuration`` (as Istio resolves it)."""
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def key_source(rule: JwtRule) -> str:
+    """Where a rule without inline ``jwks`` gets its keys: its ``jwksUri``, else
+    its issuer's discovery document."""
+    return rule.jwks_uri or discovery_url(rule.issuer)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JwtResult:
     """The outcome of authentication. ``ok`` False means answer 401."""
@@ -82,19 +94,44 @@ NO_TOKEN = JwtResult(ok=True, reason="no token")
 class _Found:
     rule: int
     token: str
-    header: str | None  # None: found in a query parameter
+    # None: found in a query parameter or a cookie, which stay on the request as in
+    # Envoy (only a token's own header is removed when it is not forwarded)
+    header: str | None
+
+
+def parse_cookies(values: Sequence[str]) -> dict[str, str]:
+    """The ``Cookie`` header(s) as name -> value (RFC 6265 section 4.2.1: pairs
+    split by ``;``, optional surrounding double quotes dropped). The first pair of a
+    name wins, as in Envoy's cookie parser; names are case-sensitive."""
+    out: dict[str, str] = {}
+    for header in values:
+        for pair in header.split(";"):
+            name, eq, value = pair.strip().partition("=")
+            if not eq or not name:
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            out.setdefault(name.rstrip(), value)
+    return out
 
 
 class JwtAuthenticator:
     """The JWT rules of every RequestAuthentication applying to one workload."""
 
-    __slots__ = ("_keys", "_texts", "_verified", "jwks_uris", "rules")
+    __slots__ = ("_keys", "_texts", "_verified", "discovery_urls", "jwks_uris", "rules")
 
     def __init__(self, rules: Sequence[JwtRule], jwks_by_uri: Mapping[str, str] | None = None):
-        """``jwks_by_uri`` holds the fetched JWKS of ``jwksUri`` rules; a rule whose
-        keys are not there yet rejects its tokens until ``with_jwks`` adds them."""
+        """``jwks_by_uri`` holds the fetched JWKS of each rule without inline keys,
+        by ``key_source(rule)``; a rule whose keys are not there yet rejects its
+        tokens until ``with_jwks`` adds them."""
         self.rules = tuple(rules)
-        self.jwks_uris = tuple(sorted({r.jwks_uri for r in self.rules if r.jwks_uri}))
+        # where the keys of rules without inline jwks come from: their jwksUri, or
+        # the OpenID discovery URL of their issuer
+        self.jwks_uris = tuple(sorted({key_source(r) for r in self.rules if r.jwks is None}))
+        self.discovery_urls = frozenset(
+            discovery_url(r.issuer) for r in self.rules if r.jwks is None and r.jwks_uri is None
+        )
         fetched = dict(jwks_by_uri or {})
         self._texts = fetched
         # Signature checks cost tens of microseconds; clients resend the same token
@@ -102,7 +139,7 @@ class JwtAuthenticator:
         self._verified: dict[tuple[int, str], dict[str, Any]] = {}
         self._keys: list[tuple[jwt.PyJWK, ...]] = []
         for rule in self.rules:
-            text = rule.jwks if rule.jwks is not None else fetched.get(rule.jwks_uri or "")
+            text = rule.jwks if rule.jwks is not None else fetched.get(key_source(rule))
             self._keys.append(parse_jwks(text, where=rule.issuer) if text is not None else ())
 
     def with_jwks(self, uri: str, text: str) -> JwtAuthenticator:
@@ -111,10 +148,13 @@ class JwtAuthenticator:
         return JwtAuthenticator(self.rules, {**self._texts, uri: text})
 
     def _find(self, headers: Mapping[str, tuple[str, ...]], query: str) -> list[_Found]:
+        # Envoy's order: a rule's headers, then its query parameters, then its cookies;
+        # the defaults apply only to a rule that names no location at all.
         found: list[_Found] = []
         params: dict[str, list[str]] | None = None
+        cookies: dict[str, str] | None = None
         for i, rule in enumerate(self.rules):
-            defaults = not rule.from_headers and not rule.from_params
+            defaults = not rule.from_headers and not rule.from_params and not rule.from_cookies
             for name, prefix in _DEFAULT_HEADERS if defaults else rule.from_headers:
                 for value in headers.get(name, ()):
                     if value.startswith(prefix) and value[len(prefix) :].strip():
@@ -124,6 +164,13 @@ class JwtAuthenticator:
                     params = parse_qs(query, keep_blank_values=False) if query else {}
                 for value in params.get(param, ()):
                     found.append(_Found(i, value, None))
+            if rule.from_cookies:
+                if cookies is None:
+                    cookies = parse_cookies(headers.get("cookie", ()))
+                for name in rule.from_cookies:
+                    cookie = cookies.get(name)
+                    if cookie:
+                        found.append(_Found(i, cookie, None))
         return found
 
     def authenticate(

@@ -161,7 +161,7 @@ jwtRules:
         pytest.param(
             "jwtRules: [{issuer: i}]",
             "RequestAuthentication",
-            "meshlet needs jwks or jwksUri",
+            "OpenID discovery (no jwks, no jwksUri) needs an https:// issuer",
             id="no-jwks",
         ),
         pytest.param(
@@ -171,9 +171,9 @@ jwtRules:
             id="bad-jwks-uri",
         ),
         pytest.param(
-            "jwtRules: [{issuer: i, jwks: '{}', fromCookies: [c]}]",
+            "jwtRules: [{issuer: i, jwks: '{}', fromCookies: ['a b']}]",
             "RequestAuthentication",
-            "fromCookies: unknown field",
+            "fromCookies[0]: not a valid cookie name",
             id="from-cookies",
         ),
     ],
