@@ -22,6 +22,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 
+from meshlet.telemetry.exposition import escape, header, histogram_lines
+from meshlet.telemetry.labels import UNKNOWN as _UNKNOWN
+from meshlet.telemetry.labels import HttpKey as _HttpKey
+from meshlet.telemetry.labels import TcpKey as _TcpKey
+from meshlet.telemetry.labels import http_labels, tcp_labels
+
 # Istio's default bucket bounds for istio_request_duration_milliseconds
 # (proxy/extensions/stats: 0.5 ms up to one hour).
 DURATION_BUCKETS_MS: tuple[float, ...] = (
@@ -35,8 +41,6 @@ BYTES_BUCKETS: tuple[float, ...] = tuple(float(10**i) for i in range(10))
 # buggy config or a scan of response codes could still explode cardinality; past
 # this many series new label sets fold into one "overflow" series per family.
 DEFAULT_MAX_SERIES = 10_000
-
-_UNKNOWN = "unknown"
 
 
 class _HttpSeries:
@@ -68,12 +72,6 @@ class _TcpSeries:
         self.sent = 0
         self.received = 0
 
-
-# (reporter, source_principal, destination_principal, destination_service,
-#  request_protocol, response_code, response_flags, mtls)
-_HttpKey = tuple[str, str, str, str, str, int, str, bool]
-# (reporter, source_principal, destination_principal, destination_service, mtls)
-_TcpKey = tuple[str, str, str, str, bool]
 
 _HTTP_OVERFLOW: _HttpKey = ("overflow", "overflow", "overflow", "overflow", "overflow", 0,
                             "overflow", False)  # fmt: skip
@@ -264,85 +262,50 @@ class GoldenMetrics:
         tcp = sorted(self._tcp.items(), key=lambda kv: _sort_key(kv[0]))
         for key, series in http:
             if not series.labels:
-                series.labels = self._http_labels(key)
+                series.labels = http_labels(key, self._workload, self._namespace)
         for tkey, tseries in tcp:
             if not tseries.labels:
-                tseries.labels = self._tcp_labels(tkey)
-        http_labels = [(s.labels, s) for _, s in http]
-        tcp_labels = [(t.labels, t) for _, t in tcp]
+                tseries.labels = tcp_labels(tkey, self._workload, self._namespace)
+        http_rows = [(s.labels, s) for _, s in http]
+        tcp_rows = [(t.labels, t) for _, t in tcp]
 
-        yield from _header("istio_requests_total", "counter", "Requests handled.")
-        for labels, s in http_labels:
+        yield from header("istio_requests_total", "counter", "Requests handled.")
+        for labels, s in http_rows:
             yield f"istio_requests_total{{{labels}}} {s.count}\n"
         for name, field, bounds, help_text in _HISTOGRAMS:
-            yield from _header(name, "histogram", help_text)
-            for labels, s in http_labels:
-                yield from _histogram(name, labels, bounds, s, field)
+            yield from header(name, "histogram", help_text)
+            for labels, s in http_rows:
+                yield from histogram_lines(
+                    name,
+                    labels,
+                    bounds,
+                    getattr(s, f"{field}_buckets"),
+                    s.count,
+                    getattr(s, f"{field}_sum"),
+                )
 
         for name, attr, help_text in _TCP_COUNTERS:
-            yield from _header(name, "counter", help_text)
-            for labels, t in tcp_labels:
+            yield from header(name, "counter", help_text)
+            for labels, t in tcp_rows:
                 yield f"{name}{{{labels}}} {getattr(t, attr)}\n"
 
-        yield from _header("meshlet_tls_handshake_failures_total", "counter",
+        yield from header("meshlet_tls_handshake_failures_total", "counter",
                            "TLS handshakes that failed, by reason.")  # fmt: skip
         for reason, n in sorted(self._handshake_failures.items()):
-            yield f'meshlet_tls_handshake_failures_total{{reason="{_escape(reason)}"}} {n}\n'
-        yield from _header("meshlet_upstream_errors_total", "counter",
+            yield f'meshlet_tls_handshake_failures_total{{reason="{escape(reason)}"}} {n}\n'
+        yield from header("meshlet_upstream_errors_total", "counter",
                            "Upstream failures, by kind.")  # fmt: skip
         for kind, n in sorted(self._upstream_errors.items()):
-            yield f'meshlet_upstream_errors_total{{kind="{_escape(kind)}"}} {n}\n'
+            yield f'meshlet_upstream_errors_total{{kind="{escape(kind)}"}} {n}\n'
         if self._outstanding is not None:
-            yield from _header("meshlet_endpoint_outstanding_requests", "gauge",
+            yield from header("meshlet_endpoint_outstanding_requests", "gauge",
                                "Requests in flight to each upstream endpoint.")  # fmt: skip
             for cluster, endpoint, n in sorted(self._outstanding()):
-                yield (f'meshlet_endpoint_outstanding_requests{{cluster="{_escape(cluster)}",'
-                       f'endpoint="{_escape(endpoint)}"}} {n}\n')  # fmt: skip
-        yield from _header("meshlet_metrics_overflow_total", "counter",
+                yield (f'meshlet_endpoint_outstanding_requests{{cluster="{escape(cluster)}",'
+                       f'endpoint="{escape(endpoint)}"}} {n}\n')  # fmt: skip
+        yield from header("meshlet_metrics_overflow_total", "counter",
                            "Samples folded into the overflow series.")  # fmt: skip
         yield f"meshlet_metrics_overflow_total {self._overflowed}\n"
-
-    def _peer_labels(self, reporter: str, src: str, dst: str) -> list[tuple[str, str]]:
-        src_ns = _namespace_of(src)
-        dst_ns = _namespace_of(dst)
-        src_wl = self._workload if reporter == "source" else _UNKNOWN
-        dst_wl = self._workload if reporter == "destination" else _UNKNOWN
-        if reporter == "source" and self._namespace != _UNKNOWN:
-            src_ns = self._namespace
-        if reporter == "destination" and self._namespace != _UNKNOWN:
-            dst_ns = self._namespace
-        return [
-            ("reporter", reporter),
-            ("source_workload", src_wl),
-            ("source_workload_namespace", src_ns),
-            ("source_principal", src or _UNKNOWN),
-            ("destination_workload", dst_wl),
-            ("destination_workload_namespace", dst_ns),
-            ("destination_principal", dst or _UNKNOWN),
-        ]
-
-    def _http_labels(self, key: _HttpKey) -> str:
-        reporter, src, dst, service, protocol, code, flags, mtls = key
-        pairs = self._peer_labels(reporter, src, dst)
-        pairs += _service_labels(service, dst)
-        pairs += [
-            ("request_protocol", protocol),
-            ("response_code", str(code)),
-            ("response_flags", flags),
-            ("connection_security_policy", "mutual_tls" if mtls else "none"),
-        ]
-        return _join(pairs)
-
-    def _tcp_labels(self, key: _TcpKey) -> str:
-        reporter, src, dst, service, mtls = key
-        pairs = self._peer_labels(reporter, src, dst)
-        pairs += _service_labels(service, dst)
-        pairs += [
-            ("request_protocol", "tcp"),
-            ("response_flags", "-"),
-            ("connection_security_policy", "mutual_tls" if mtls else "none"),
-        ]
-        return _join(pairs)
 
     def _new_http(self, key: _HttpKey) -> _HttpSeries:
         if len(self._http) >= self._max_series:
@@ -390,73 +353,6 @@ _TCP_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("istio_tcp_sent_bytes_total", "sent", "Bytes sent in the response direction."),
     ("istio_tcp_received_bytes_total", "received", "Bytes received in the request direction."),
 )
-
-
-def _header(name: str, kind: str, help_text: str) -> Iterator[str]:
-    yield f"# HELP {name} {help_text}\n"
-    yield f"# TYPE {name} {kind}\n"
-
-
-def _histogram(
-    name: str, labels: str, bounds: tuple[float, ...], s: _HttpSeries, field: str
-) -> Iterator[str]:
-    buckets: list[int] = getattr(s, f"{field}_buckets")
-    running = 0
-    prefix = f"{name}_bucket{{{labels},le="
-    for le, n in zip(_LE_TEXT[bounds], buckets, strict=False):
-        running += n
-        yield f"{prefix}{le}}} {running}\n"
-    yield f'{name}_bucket{{{labels},le="+Inf"}} {s.count}\n'
-    total = getattr(s, f"{field}_sum")
-    yield f"{name}_sum{{{labels}}} {_fmt_number(total)}\n"
-    yield f"{name}_count{{{labels}}} {s.count}\n"
-
-
-def _fmt_bound(bound: float) -> str:
-    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
-
-
-# The quoted ``le`` values of each bucket layout, formatted once.
-_LE_TEXT: dict[tuple[float, ...], tuple[str, ...]] = {
-    bounds: tuple(f'"{_fmt_bound(b)}"' for b in bounds)
-    for bounds in (DURATION_BUCKETS_MS, BYTES_BUCKETS)
-}
-
-
-def _fmt_number(value: float) -> str:
-    return str(value) if isinstance(value, int) else repr(value)
-
-
-def _namespace_of(principal: str) -> str:
-    """``spiffe://td/ns/<ns>/sa/<sa>`` -> ``<ns>``; anything else -> "unknown"."""
-    marker = principal.find("/ns/")
-    if marker < 0:
-        return _UNKNOWN
-    rest = principal[marker + 4 :]
-    end = rest.find("/")
-    return (rest if end < 0 else rest[:end]) or _UNKNOWN
-
-
-def _service_labels(service: str, dst_principal: str) -> list[tuple[str, str]]:
-    """Istio's destination_service is an FQDN; name and namespace are its first
-    two labels (``svc.ns.svc.cluster.local``), else the principal's namespace."""
-    parts = service.split(".")
-    name = parts[0] or _UNKNOWN
-    namespace = parts[1] if len(parts) > 1 and parts[1] else _namespace_of(dst_principal)
-    return [
-        ("destination_service", service or _UNKNOWN),
-        ("destination_service_name", name),
-        ("destination_service_namespace", namespace),
-    ]
-
-
-def _escape(value: str) -> str:
-    """Label value escaping of the text format: backslash, double quote, newline."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _join(pairs: list[tuple[str, str]]) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
 
 
 def _sort_key(key: tuple[str | int | bool, ...]) -> tuple[str, ...]:
