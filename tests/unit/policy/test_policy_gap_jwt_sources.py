@@ -208,7 +208,7 @@ def test_resolver_file_is_read_relative_to_the_yaml(tmp_path: Path) -> None:
             "set exactly one",
             id="both",
         ),
-        pytest.param("{extraRootCA: x}", "spec.extraRootCA: holds no PEM certificate", id="not-pem"),
+        pytest.param("{extraRootCA: x}", "extraRootCA: holds no PEM certificate", id="not-pem"),
         pytest.param("{extraRootCAFile: /nonexistent/ca.pem}", "cannot read", id="missing-file"),
         pytest.param("{insecureSkipVerify: true}", "unknown field", id="no-skip-verify"),
     ],
