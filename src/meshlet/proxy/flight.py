@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from meshlet.config.inference import Criticality
 from meshlet.config.routing import HeaderOps
 from meshlet.errors import NoRoute
 from meshlet.proxy import rescue as rescues
-from meshlet.proxy.exchange import CHUNKED, Exchange
+from meshlet.proxy.exchange import CHUNKED, LENGTH, Exchange
 from meshlet.proxy.flight_retry import DISCARD_BYTES, BodyBuffer, Retrying
 from meshlet.proxy.heads import request_head
 from meshlet.traffic.balancer import Endpoint
-from meshlet.traffic.inference import Admit, admit
+from meshlet.traffic.inference import Admit, admit, free_slots
 from meshlet.traffic.match import MODEL_HEADER, RequestAttributes
 from meshlet.traffic.model_name import ModelFieldScanner, ScanState
 from meshlet.traffic.router import ForwardPlan
@@ -60,6 +61,8 @@ class Flight(BodyBuffer, Retrying):
         self.target = target
         self.extra = extra
         self.scanner: ModelFieldScanner | None = None
+        self.model_span: tuple[int, int] | None = None  # where the body names the model
+        self.sent_model: str | None = None  # the target model written into the body
         self.plan: ForwardPlan | None = None
         self.rt: ClusterRuntime | None = None
         self.endpoint: Endpoint | None = None  # the attempt in flight
@@ -115,6 +118,8 @@ class Flight(BodyBuffer, Retrying):
         ops = plan.response_headers
         if ops.set or ops.add or ops.remove:
             up.headers = _apply_ops(up.headers, ops)
+        if plan.set_cookie is not None:  # a generated consistent-hash cookie
+            up.headers.append((b"set-cookie", plan.set_cookie.encode("latin-1")))
         return False
 
     def finish(self, ex: Exchange, now: float) -> None:
@@ -131,8 +136,7 @@ class Flight(BodyBuffer, Retrying):
         if rt is None:
             return
         limits = rt.state.limits
-        if self in rt.waiting:  # the client left while waiting for a slot
-            rt.waiting.remove(self)
+        if rt.waiting.remove(self):  # the client left while waiting for a slot
             limits.dequeued()
         if self.in_retry:
             self.in_retry = False
@@ -186,16 +190,23 @@ class Flight(BodyBuffer, Retrying):
             self._answer(rescues.no_healthy_upstream(str(exc)))
             return
         self.rt = rt
-        ex.head = self._head(plan, attrs.model_name)
+        delta = 0
+        inference = plan.inference
+        if inference is not None and inference.target_model not in (None, model):
+            delta = self._rewrite_model(inference.target_model)
+        ex.head = self._head(plan, attrs.model_name, delta)
         if plan.fault_delay_s > 0:
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(plan.fault_delay_s, self._admit)
             return
         self._admit()
 
-    def _head(self, plan: ForwardPlan, model: str | None) -> bytes:
+    def _head(self, plan: ForwardPlan, model: str | None, body_delta: int = 0) -> bytes:
         ex = self.ex
         headers = _apply_ops(list(ex.headers), plan.request_headers)
+        if body_delta and ex.framing == LENGTH:  # the body's model was rewritten
+            length = b"%d" % (_declared(ex) + body_delta)
+            headers = [(n, length if n == b"content-length" else v) for n, v in headers]
         if plan.authority is not None:
             headers = [h for h in headers if h[0] != b"host"]
             headers.append((b"host", plan.authority.encode("latin-1")))
@@ -213,6 +224,11 @@ class Flight(BodyBuffer, Retrying):
             upgrade=ex.upgrade,
         )
 
+    @property
+    def criticality(self) -> Criticality:
+        inference = None if self.plan is None else self.plan.inference
+        return Criticality.STANDARD if inference is None else inference.criticality
+
     def _admit(self) -> None:
         """Shedding and pool limits, then the first attempt (or a place in line)."""
         self.timer = None
@@ -220,33 +236,49 @@ class Flight(BodyBuffer, Retrying):
         if ex.ended or self.body_refused or plan is None or rt is None:
             return
         state = rt.state
-        inference = plan.inference
-        queue_for_slot = False
-        if inference is not None and inference.max_concurrency_per_endpoint is not None:
+        limit = rt.limit_per_endpoint
+        must_wait = bool(rt.waiting)  # others are in line: the line decides who goes
+        if limit is not None:
             picker = state.picker
             verdict = admit(
-                inference.criticality,
-                [picker.outstanding_of(e) for e in picker.endpoints],
-                inference.max_concurrency_per_endpoint,
+                self.criticality, [picker.outstanding_of(e) for e in picker.endpoints], limit
             )
             if verdict is Admit.SHED:
-                self._answer(rescues.shed(f"every endpoint of pool {inference.pool!r} is busy"))
+                self._shed()
                 return
-            queue_for_slot = verdict is Admit.QUEUE
+            must_wait = must_wait or verdict is Admit.QUEUE
         limits = state.limits
         # HTTP/1.1 upstreams carry one request per connection, so maxConnections
         # bounds the requests in flight; beyond it requests wait, up to
         # http1MaxPendingRequests, and past that are refused (Envoy's breaker).
-        if queue_for_slot or limits.connections >= limits.limits.max_connections:
-            admission = limits.try_enqueue()
-            if not admission.admitted:
-                self._answer(rescues.overflow(admission.reason))
-                return
-            rt.waiting.append(self)
-            wait_s = plan.timeout_s or self.traffic.listener.timeouts.upstream_response_s
-            loop = asyncio.get_running_loop()
-            self.timer = loop.call_later(wait_s, self._wait_expired)
+        if must_wait or limits.connections >= limits.limits.max_connections:
+            self._wait(rt)
             return
+        self._start(rt)
+
+    def _shed(self) -> None:
+        inference = None if self.plan is None else self.plan.inference
+        pool = "" if inference is None else inference.pool
+        self._answer(rescues.shed(f"every endpoint of pool {pool!r} is busy"))
+
+    def _wait(self, rt: ClusterRuntime, *, again: bool = False) -> None:
+        """Take a place in the cluster's line (``again``: at the front of its
+        criticality, having lost its slot), then let the line move."""
+        plan = self.plan
+        if plan is None:
+            return
+        admission = rt.state.limits.try_enqueue()
+        if not admission.admitted:
+            self._answer(rescues.overflow(admission.reason))
+            return
+        rt.waiting.push(self, self.criticality, front=again)
+        wait_s = plan.timeout_s or self.traffic.listener.timeouts.upstream_response_s
+        self.timer = asyncio.get_running_loop().call_later(wait_s, self._wait_expired)
+        self._next_waiting(rt)
+
+    def _start(self, rt: ClusterRuntime) -> None:
+        """Take a connection and a request slot and send the first attempt."""
+        limits = rt.state.limits
         admission = limits.try_start_request()
         if not admission.admitted:
             self._answer(rescues.overflow(admission.reason))
@@ -254,35 +286,38 @@ class Flight(BodyBuffer, Retrying):
         limits.try_connect()
         self.holding = True
         self._attempt()
-        if ex.req_done:
+        if self.ex.req_done:
             self._mirror()
 
     def _wait_expired(self) -> None:
         self.timer = None
         rt = self.rt
-        if rt is not None and self in rt.waiting:
-            rt.waiting.remove(self)
+        if rt is not None and rt.waiting.remove(self):
             rt.state.limits.dequeued()
         self._answer(rescues.route_timeout("no connection slot within the timeout"))
 
     def _next_waiting(self, rt: ClusterRuntime) -> None:
+        """Slots may have freed up: start whom the line releases, each checked
+        against the pool limit as it leaves the line (``SlotQueue.release``)."""
         limits = rt.state.limits
-        while rt.waiting and limits.connections < limits.limits.max_connections:
-            nxt = rt.waiting.popleft()
-            limits.dequeued()
-            if nxt.timer is not None:
-                nxt.timer.cancel()
-                nxt.timer = None
-            if nxt.ex.ended:
-                continue
-            if not limits.try_start_request().admitted:
-                nxt._answer(rescues.overflow(f"upstream {limits.limits.max_requests} requests"))
-                continue
-            limits.try_connect()
-            nxt.holding = True
-            nxt._attempt()
-            if nxt.ex.req_done:
-                nxt._mirror()
+        picker = rt.state.picker
+        limit = rt.limit_per_endpoint
+        while rt.waiting:
+            counts = [] if limit is None else [picker.outstanding_of(e) for e in picker.endpoints]
+            free = max(0, limits.limits.max_connections - limits.connections)
+            release = rt.waiting.release(counts, limit, free)
+            for flight in (*release.shed, *release.send):
+                limits.dequeued()
+                if flight.timer is not None:
+                    flight.timer.cancel()
+                    flight.timer = None
+            for flight in release.shed:
+                flight._shed()
+            for flight in release.send:
+                if not flight.ex.ended:
+                    flight._start(rt)
+            if not release.send:
+                return
 
     def _attempt(self) -> None:
         ex, rt, plan = self.ex, self.rt, self.plan
@@ -290,8 +325,18 @@ class Flight(BodyBuffer, Retrying):
             return
         traffic = self.traffic
         now = traffic.listener.now
-        ep = rt.state.choose(now, traffic.rng, plan.hash_key, also_exclude=self.tried)
+        limit = rt.limit_per_endpoint
+        ep = rt.state.choose(
+            now, traffic.rng, plan.hash_key, also_exclude=self.tried, limit_per_endpoint=limit
+        )
         if ep is None:
+            picker = rt.state.picker
+            if (
+                limit is not None
+                and free_slots(map(picker.outstanding_of, picker.endpoints), limit) == 0
+            ):
+                self._lost_slot(rt)  # a retry whose slot was taken while it backed off
+                return
             self._answer(rescues.no_healthy_upstream(f"no healthy endpoint in {rt.name}"))
             return
         pool = rt.pools[ep]
@@ -303,6 +348,20 @@ class Flight(BodyBuffer, Retrying):
         ex.dst_principal = pool.identity or "unknown"
         ex.head_at = 0.0
         pool.forward(ex)
+
+    def _lost_slot(self, rt: ClusterRuntime) -> None:
+        """Every endpoint is at the pool's limit: give back the connection slot
+        and wait in line again, ahead of those of the same criticality (a
+        Sheddable request is shed instead, as it would be on arrival)."""
+        if self.holding:
+            self.holding = False
+            limits = rt.state.limits
+            limits.connection_closed()
+            limits.request_done()
+        if self.criticality is Criticality.SHEDDABLE:
+            self._shed()
+            return
+        self._wait(rt, again=True)
 
     def _mirror(self) -> None:
         plan = self.plan
@@ -352,8 +411,7 @@ class Flight(BodyBuffer, Retrying):
             return
         if r.error in _COUNTED:  # breaker overflows and sheds, by kind
             self.traffic.listener.metrics.upstream_error(r.error)
-        if self.rt is not None and self in self.rt.waiting:
-            self.rt.waiting.remove(self)
+        if self.rt is not None and self.rt.waiting.remove(self):
             self.rt.state.limits.dequeued()
         self.endpoint = None
         ex.conn.respond_rescue(ex, r)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from meshlet.proxy import rescue as rescues
 from meshlet.proxy.exchange import Exchange
-from meshlet.traffic.model_name import ScanState
+from meshlet.traffic.model_name import ScanState, rewrite_model
 from meshlet.traffic.retry import RETRY_BUFFER_BYTES, Failure, decide_retry
 
 if TYPE_CHECKING:
@@ -65,11 +65,13 @@ class _FlightState:
         "host",
         "in_retry",
         "mirrored",
+        "model_span",
         "plan",
         "retries",
         "route_deadline",
         "rt",
         "scanner",
+        "sent_model",
         "target",
         "timer",
         "total_deadline",
@@ -95,6 +97,8 @@ class _FlightState:
         total_deadline: float
         in_retry: bool
         scanner: ModelFieldScanner | None
+        model_span: tuple[int, int] | None
+        sent_model: str | None
         timer: asyncio.TimerHandle | None
         deadline_timer: asyncio.TimerHandle | None
         route_deadline: float
@@ -125,10 +129,41 @@ class BodyBuffer(_FlightState):
         scanner = self.scanner
         if scanner is not None:
             found = scanner.feed(body)
+            if found.state is ScanState.FOUND and ex.pending is not None:
+                # The model's bytes may lie in this chunk: hold it with the
+                # earlier ones, so the plan can rewrite them before they leave.
+                self.scanner = None
+                self.model_span = found.span
+                ex.pending.append(body)
+                ex.pending_bytes += n
+                self.route(found.model)
+                return False  # held (or sent with the head) already
             if found.state is not ScanState.NEED_MORE:
                 self.scanner = None
                 self.route(found.model if found.state is ScanState.FOUND else None)
         return True
+
+    def _rewrite_model(self, target: str) -> int:
+        """Write the InferenceModel's chosen ``target`` into the body's ``"model"``
+        (Gateway API Inference Extension: the model server must see the target
+        adapter or version, not the name the client asked for). Only the bytes the
+        scanner held anyway (<= 64 KiB and one chunk) are touched; the rest streams
+        on. Returns the change in body length, for Content-Length."""
+        ex, span = self.ex, self.model_span
+        parts = ex.pending
+        if span is None or parts is None:
+            return 0
+        body = b"".join(parts)
+        new = rewrite_model(body, span, target)
+        ex.pending = [new]
+        ex.pending_bytes = len(new)
+        self.sent_model = target
+        if not self.buffer_over:  # the replay buffer held the same bytes: replay the new
+            if len(new) <= RETRY_BUFFER_BYTES:
+                self.buffer, self.buffer_bytes = [new], len(new)
+            else:
+                self.buffer_over, self.buffer = True, []
+        return len(new) - len(body)
 
     def _keep(self, body: bytes) -> None:
         """Hold the body for replay and mirrors while it fits the 64 KiB buffer."""

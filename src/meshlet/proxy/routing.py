@@ -15,7 +15,6 @@ plans and executes it across its attempts.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Iterator, Mapping
 
 from meshlet.config.routing import BackendKind, ConnectionPool
@@ -25,6 +24,7 @@ from meshlet.proxy.mirror import MirrorSender
 from meshlet.proxy.pool import Cluster, EndpointPool, PoolSettings
 from meshlet.traffic.balancer import Endpoint
 from meshlet.traffic.cluster import ClusterState, select_endpoints
+from meshlet.traffic.inference import SlotQueue
 from meshlet.traffic.model_name import (
     ModelFieldScanner,
     ScanResult,
@@ -65,13 +65,22 @@ class RoutedHosts:
 class ClusterRuntime:
     """The engine's per-cluster state plus the pools it picks among."""
 
-    __slots__ = ("name", "pools", "state", "waiting")
+    __slots__ = ("limit_per_endpoint", "name", "pools", "state", "waiting")
 
-    def __init__(self, name: str, state: ClusterState, pools: dict[Endpoint, EndpointPool]) -> None:
+    def __init__(
+        self,
+        name: str,
+        state: ClusterState,
+        pools: dict[Endpoint, EndpointPool],
+        limit_per_endpoint: int | None = None,
+    ) -> None:
         self.name = name
         self.state = state
         self.pools = pools
-        self.waiting: deque[Flight] = deque()  # requests waiting for a connection slot
+        # An inference pool's meshlet.io/max-concurrency-per-endpoint (None: none).
+        self.limit_per_endpoint = limit_per_endpoint
+        # Requests waiting for a connection or pool slot, by criticality.
+        self.waiting: SlotQueue[Flight] = SlotQueue()
 
     def outstanding(self) -> Mapping[str, int]:
         return self.state.outstanding()
@@ -144,7 +153,9 @@ class OutboundTraffic:
                 self.own_pools.extend(pools)
             by_key = {p.key: p for p in reversed(pools)}
             state = ClusterState(plan.policy, list(by_key), self.listener.now)
-            rt = self.runtimes[name] = ClusterRuntime(name, state, by_key)
+            inference = plan.inference
+            limit = None if inference is None else inference.max_concurrency_per_endpoint
+            rt = self.runtimes[name] = ClusterRuntime(name, state, by_key, limit)
         return rt
 
     def update_clusters(self, clusters: Mapping[bytes, Cluster]) -> None:
@@ -211,6 +222,7 @@ class OutboundTraffic:
                 flight.scanner = scanner
                 return  # routed once the scanner decides (on_body / on_request_end)
             model = found.model if found.state is ScanState.FOUND else None
+            flight.model_span = found.span  # the parts it lies in are in ex.pending
         flight.route(model)
 
 

@@ -302,8 +302,40 @@ def hash_key(lb: LoadBalancer, attrs: RequestAttributes) -> str | None:
         for part in attrs.headers.get("cookie", "").split(";"):
             name, eq, value = part.strip().partition("=")
             if eq and name == lb.hash_cookie:
-                return value
+                # A quoted value hashes as its content, so the cookie we set
+                # (quoted, as Envoy sets it) keys the same when it comes back.
+                return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
         return None
     if lb.hash_source_ip:
         return attrs.source_ip or None
     return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionCookie:
+    """A cookie generated for a request that lacked it: ``value`` is the request's
+    hash key, ``set_cookie`` the ``Set-Cookie`` field value for the response."""
+
+    value: str
+    set_cookie: str
+
+
+def session_cookie(lb: LoadBalancer, rng: RandomSource) -> SessionCookie | None:
+    """Istio's ``httpCookie`` with a ``ttl``: a request without the cookie gets a
+    new one, hashed now and set on the response so the client sticks to the
+    endpoint it reached. The value is random (Envoy hashes the connection's
+    addresses instead; either way a new client lands anywhere). As Envoy writes
+    it: quoted value, ``Max-Age`` unless the TTL is 0 (a session cookie), the
+    configured ``Path``, ``HttpOnly``. None: the policy generates no cookie."""
+    if lb.hash_cookie is None or lb.hash_cookie_ttl_s is None:
+        return None
+    high, low = int(rng.random() * 2**32), int(rng.random() * 2**32)
+    value = f"{high:08x}{low:08x}"
+    parts = [f'{lb.hash_cookie}="{value}"']
+    max_age = int(lb.hash_cookie_ttl_s)
+    if max_age > 0:
+        parts.append(f"Max-Age={max_age}")
+    if lb.hash_cookie_path:
+        parts.append(f"Path={lb.hash_cookie_path}")
+    parts.append("HttpOnly")
+    return SessionCookie(value=value, set_cookie="; ".join(parts))

@@ -59,21 +59,28 @@ class ClusterState:
         rng: RandomSource,
         hash_key: str | None = None,
         also_exclude: Collection[Endpoint] = (),
+        limit_per_endpoint: int | None = None,
     ) -> Endpoint | None:
         """A healthy endpoint (None: every endpoint is ejected or excluded -> 503).
         ``also_exclude``: endpoints already tried by this request's earlier attempts;
-        they are avoided only while another endpoint is left."""
+        they are avoided only while another endpoint is left. ``limit_per_endpoint``
+        (an inference pool's concurrency limit): endpoints at it are never chosen."""
         if self.outlier is not None:
             self.outlier.tick(now)
             ejected = self.outlier.ejected()
         else:
             ejected = frozenset()
-        exclude = {e for e in self.picker.endpoints if e.address in ejected}
+        picker = self.picker
+        exclude = {e for e in picker.endpoints if e.address in ejected}
+        if limit_per_endpoint is not None:
+            exclude.update(
+                e for e in picker.endpoints if picker.outstanding_of(e) >= limit_per_endpoint
+            )
         if also_exclude:
             wider = exclude | set(also_exclude)
-            if len(wider) < len(self.picker.endpoints):
+            if len(wider) < len(picker.endpoints):
                 exclude = wider
-        return self.picker.pick(now, rng, hash_key=hash_key, exclude=exclude)
+        return picker.pick(now, rng, hash_key=hash_key, exclude=exclude)
 
     def record(self, endpoint: Endpoint, latency_s: float, status: int, now: float) -> Outcome:
         """One attempt ended: ``status`` 0 = no response (connect failure, reset, timeout)."""

@@ -7,14 +7,22 @@ a Sheddable request is refused at once (429, ``Overloaded``) rather than queued,
 while Critical and Standard requests queue for the next free slot. Queueing a
 request a replica cannot start for seconds only moves its latency into the
 caller's timeout; answering 429 at once lets a batch client back off.
+
+Requests that wait (for a pool slot, or for a connection under
+``maxConnections``) wait in a ``SlotQueue``: Critical first, then Standard, then
+Sheddable, first come first served within each. When slots free up,
+``SlotQueue.release`` hands out no more requests than there are free slots (no
+endpoint goes past its limit) and sheds the Sheddable requests still waiting
+while every endpoint is full, as if they had arrived just then.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from meshlet.config.inference import (
     OBJECTIVE_HEADER,
@@ -43,6 +51,95 @@ def admit(
     if not counts or any(c < limit_per_endpoint for c in counts):
         return Admit.SEND if counts else Admit.QUEUE
     return Admit.SHED if criticality is Criticality.SHEDDABLE else Admit.QUEUE
+
+
+def free_slots(outstanding: Iterable[int], limit_per_endpoint: int | None) -> int | None:
+    """How many more requests the pool may start now (None: no limit)."""
+    if limit_per_endpoint is None:
+        return None
+    return sum(max(0, limit_per_endpoint - c) for c in outstanding)
+
+
+# Service order of waiting requests: the Inference Extension serves Critical
+# before Standard before Sheddable; arrival order within one criticality.
+_ORDER = (Criticality.CRITICAL, Criticality.STANDARD, Criticality.SHEDDABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Generic[T]):
+    """What ``SlotQueue.release`` decided: start ``send`` now, in this order, and
+    answer ``shed`` with 429. Both have left the queue."""
+
+    send: tuple[T, ...] = ()
+    shed: tuple[T, ...] = ()
+
+
+class SlotQueue(Generic[T]):
+    """Requests waiting for a slot, in service order (see ``_ORDER``)."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        self._lines: dict[Criticality, deque[T]] = {c: deque() for c in _ORDER}
+
+    def push(self, item: T, criticality: Criticality, *, front: bool = False) -> None:
+        """Wait in line; ``front`` for one that already waited and lost its slot
+        (a retry whose endpoint filled while it backed off)."""
+        line = self._lines[criticality]
+        if front:
+            line.appendleft(item)
+        else:
+            line.append(item)
+
+    def remove(self, item: T) -> bool:
+        """Leave the line (the client left, or the wait timed out)."""
+        for line in self._lines.values():
+            if item in line:
+                line.remove(item)
+                return True
+        return False
+
+    def __contains__(self, item: object) -> bool:
+        return any(item in line for line in self._lines.values())
+
+    def __len__(self) -> int:
+        return sum(len(line) for line in self._lines.values())
+
+    def __iter__(self) -> Iterator[T]:
+        for c in _ORDER:
+            yield from self._lines[c]
+
+    def clear(self) -> None:
+        for line in self._lines.values():
+            line.clear()
+
+    def release(
+        self,
+        outstanding: Iterable[int],
+        limit_per_endpoint: int | None,
+        free_connections: int,
+    ) -> Release[T]:
+        """Who starts now that slots may have freed up. ``outstanding``: in-flight
+        count per endpoint; ``free_connections``: room under ``maxConnections``.
+
+        A request is checked against the pool when it leaves the line, not only
+        when it joined it: a Sheddable request that queued for a connection while
+        the pool had room is shed if the pool is full by then, and the free slots
+        go to Critical, then Standard, then Sheddable requests."""
+        counts = list(outstanding)
+        slots = free_slots(counts, limit_per_endpoint)
+        room = free_connections if slots is None else min(slots, free_connections)
+        send: list[T] = []
+        for c in _ORDER:
+            line = self._lines[c]
+            while line and len(send) < room:
+                send.append(line.popleft())
+        shed: tuple[T, ...] = ()
+        sheddable = self._lines[Criticality.SHEDDABLE]
+        if sheddable and counts and slots is not None and slots <= len(send):
+            shed = tuple(sheddable)  # every endpoint is full once ``send`` starts
+            sheddable.clear()
+        return Release(tuple(send), shed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,9 @@ class ScanState(enum.Enum):
 class ScanResult:
     state: ScanState
     model: str | None = None
+    # FOUND: the body offsets [start, end) of the value's JSON string token,
+    # quotes included, so the proxy can write another model name in its place.
+    span: tuple[int, int] | None = None
 
 
 _STRUCT = re.compile(rb'[{}\[\]",:]')
@@ -113,10 +116,10 @@ class ModelFieldScanner:
                         self._pos = pos
                         return ScanResult(ScanState.NEED_MORE)
                     try:
-                        value = json.loads(m.group(0))
+                        value: str = json.loads(m.group(0))  # a string token: a str
                     except ValueError:
                         return ScanResult(ScanState.GAVE_UP)
-                    return ScanResult(ScanState.FOUND, value)
+                    return ScanResult(ScanState.FOUND, value, (m.start(), m.end()))
                 self._key = None
             m = _STRUCT.search(buf, pos)
             if m is None:
@@ -144,3 +147,13 @@ class ModelFieldScanner:
                 if c == ord(",") and self._depth == 1:
                     self._expect_key = True
                 pos += 1
+
+
+def rewrite_model(body: bytes, span: tuple[int, int], model: str) -> bytes:
+    """``body`` with the string token at ``span`` (from ``ScanResult.span``)
+    replaced by ``model`` as a JSON string: the InferenceModel's chosen target
+    reaches the model server in the field it reads, every other byte unchanged."""
+    start, end = span
+    if not (0 <= start < end <= len(body)) or body[start : start + 1] != b'"':
+        raise AssertionError(f"BUG: span {span} is not a string token of the body")
+    return b"".join((body[:start], json.dumps(model).encode("ascii"), body[end:]))

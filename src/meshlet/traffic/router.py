@@ -19,13 +19,14 @@ from meshlet.config.routing import (
     Destination,
     HeaderOps,
     LbAlgorithm,
+    LoadBalancer,
     MatchKind,
     RetryPolicy,
     Route,
     TrafficPolicy,
 )
 from meshlet.errors import NoRoute
-from meshlet.traffic.balancer import RandomSource, hash_key
+from meshlet.traffic.balancer import RandomSource, hash_key, session_cookie
 from meshlet.traffic.inference import InferenceTarget, resolve
 from meshlet.traffic.loader import RoutingConfig
 from meshlet.traffic.match import CompiledMatch, RequestAttributes
@@ -46,6 +47,7 @@ class ForwardPlan:
     fault_abort_status: int = 0  # 0: no abort
     mirrors: tuple[Destination, ...] = ()  # clusters that get a fire-and-forget copy
     hash_key: str | None = None
+    set_cookie: str | None = None  # a generated hash cookie, for the response
     policy: TrafficPolicy  # the DestinationRule policy of the chosen backend/subset
     inference: InferenceTarget | None = None
 
@@ -143,12 +145,14 @@ class Router:
         table = self._index.lookup(attrs.host)
         if table is None:
             policy = self.traffic_policy(attrs.host)
+            key, cookie = _hashing(policy.load_balancer, attrs, rng)
             return ForwardPlan(
                 rule=None,
                 backend=Destination(host=attrs.host),
                 path=_target(attrs),
                 policy=policy,
-                hash_key=hash_key(policy.load_balancer, attrs),
+                hash_key=key,
+                set_cookie=cookie,
             )
         hit = table.best(attrs)
         if hit is None:
@@ -190,7 +194,7 @@ class Router:
                 self.config.objectives,
                 rng.random(),
             )
-        lb = policy.load_balancer
+        key, cookie = _hashing(policy.load_balancer, attrs, rng)
         return ForwardPlan(
             rule=route,
             backend=backend,
@@ -200,7 +204,8 @@ class Router:
             fault_delay_s=delay_s,
             fault_abort_status=abort,
             mirrors=mirrors,
-            hash_key=None if lb.algorithm not in _HASHED else hash_key(lb, attrs),
+            hash_key=key,
+            set_cookie=cookie,
             policy=policy,
             inference=inference,
         )
@@ -208,6 +213,19 @@ class Router:
 
 _DEFAULT_POLICY = TrafficPolicy()
 _HASHED = frozenset({LbAlgorithm.RING_HASH, LbAlgorithm.MAGLEV})
+
+
+def _hashing(
+    lb: LoadBalancer, attrs: RequestAttributes, rng: RandomSource
+) -> tuple[str | None, str | None]:
+    """The consistent-hash key, and the Set-Cookie value when the key is a cookie
+    generated now (drawn last, so plans without one replay as before)."""
+    if lb.algorithm not in _HASHED:
+        return None, None
+    key = hash_key(lb, attrs)
+    if key is None and (made := session_cookie(lb, rng)) is not None:
+        return made.value, made.set_cookie
+    return key, None
 
 
 def _pick_destination(dests: tuple[Destination, ...], rng_value: float) -> Destination | None:
