@@ -6,7 +6,8 @@ module owns sockets and framing; this module owns what each endpoint means.
 
 Every reply carries ``x-model-version`` (so a client can measure a canary split)
 and inference replies carry ``x-compute-ms`` (time spent in the model, so the
-mesh's added latency can be told apart from the model's).
+mesh's added latency can be told apart from the model's). Chat replies carry
+``x-requested-model``: the ``model`` the request body named when it arrived.
 """
 
 from __future__ import annotations
@@ -274,6 +275,14 @@ class InferenceApp:
         if not isinstance(max_tokens, int) or not 0 < max_tokens <= MAX_TOKENS_LIMIT:
             return _error(400, f"'max_tokens' must be an integer in 1..{MAX_TOKENS_LIMIT}")
         prompt = messages[-1]["content"]
+        # The model (LoRA adapter or version) the request named, as the mesh
+        # delivered it: lets a client see which target an InferenceModel chose.
+        asked = body.get("model")
+        named = (
+            (("x-requested-model", asked),)
+            if isinstance(asked, str) and asked.isascii() and asked.isprintable()
+            else ()
+        )
         tokens = generate_tokens(prompt, max_tokens, seed=self.settings.seed)
         self._counter += 1
         completion_id = f"chatcmpl-{self.settings.instance}-{self._counter}"
@@ -283,7 +292,9 @@ class InferenceApp:
             "total_tokens": len(prompt.split()) + len(tokens),
         }
         if body.get("stream") is True:
-            return StreamReply(status=200, chunks=self._stream(completion_id, tokens, usage))
+            return StreamReply(
+                status=200, chunks=self._stream(completion_id, tokens, usage), headers=named
+            )
         start = time.perf_counter()
         await asyncio.sleep(self.settings.token_interval_ms * len(tokens) / 1000)
         compute_ms = (time.perf_counter() - start) * 1000
@@ -301,7 +312,7 @@ class InferenceApp:
             "usage": usage,
             "compute_ms": round(compute_ms, 3),
         }
-        return _json(200, payload, (("x-compute-ms", f"{compute_ms:.3f}"),))
+        return _json(200, payload, (("x-compute-ms", f"{compute_ms:.3f}"), *named))
 
     async def _stream(
         self, completion_id: str, tokens: list[str], usage: dict[str, int]
