@@ -10,6 +10,7 @@ import httpx
 import pytest
 from tests.support.pki import Pki
 from tests.support.sidecars import CLIENT_ID, LOCAL, start_pair, stop_pair
+from tests.support.waiting import wait_until
 
 from meshlet.proxy.hooks import GateVerdict, RequestInfo
 
@@ -85,9 +86,9 @@ async def test_drain_finishes_in_flight_and_refuses_new(pki: Pki) -> None:
     try:
         async with httpx.AsyncClient(proxy=pair.proxy_url, timeout=T) as client:
             in_flight = asyncio.create_task(client.get("http://inference/sse?n=3&gap=0.2"))
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: pair.app.requests == 1)  # in flight, not still queued
             port = pair.outbound_port
-            await asyncio.wait_for(pair.outbound.drain(5.0), T)
+            await asyncio.wait_for(pair.outbound.drain(T), 2 * T)
             r = await asyncio.wait_for(in_flight, T)
         assert r.status_code == 200
         assert r.text.count("data: token-") == 3
@@ -103,11 +104,12 @@ async def test_drain_deadline_cuts_what_is_left(pki: Pki) -> None:
     try:
         reader, writer = await asyncio.open_connection(LOCAL, pair.outbound_port)
         writer.write(b"GET /hang HTTP/1.1\r\nhost: inference\r\n\r\n")
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: pair.app.requests == 1)  # the app holds it
         loop = asyncio.get_running_loop()
         start = loop.time()
         await asyncio.wait_for(pair.outbound.drain(0.3), T)
-        assert loop.time() - start < 2.0
+        # Without the deadline the drain would last until the 10 s upstream timeout.
+        assert loop.time() - start < 5.0
         assert await asyncio.wait_for(reader.read(), T) == b""
         writer.close()
     finally:
