@@ -39,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="seconds a watch is held before an empty answer (default: 15)",
     )
     parser.add_argument(
+        "--audit",
+        type=Path,
+        metavar="FILE",
+        help="hash-chained audit log of identity and config events "
+        "(default: <ca-dir>/control/audit.jsonl)",
+    )
+    parser.add_argument("--no-audit", action="store_true", help="write no audit log")
+    parser.add_argument(
         "--log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         default=argparse.SUPPRESS,  # keep the global --log-level unless given here
@@ -59,8 +67,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--listen: {exc}") from exc
     if args.hold is not None and args.hold <= 0:
         raise ConfigError(f"--hold must be positive, got {args.hold}")
+    audit = None if args.no_audit else (args.audit or args.ca_dir / "control" / "audit.jsonl")
     return run_control(
-        config_dir=args.config_dir, ca_dir=args.ca_dir, listen=listen, hold_s=args.hold
+        config_dir=args.config_dir, ca_dir=args.ca_dir, listen=listen, hold_s=args.hold, audit=audit
     )
 
 
@@ -94,6 +103,20 @@ def add_dynamic_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--app", help="the app's address (default: 127.0.0.1:<mesh.yaml port>)")
     group.add_argument("--admin", help="admin listen address (default: none)")
     group.add_argument("--advertise", help="host to register instead of the bound inbound host")
+    group.add_argument(
+        "--tcp",
+        action="append",
+        default=[],
+        metavar="SERVICE=HOST:PORT",
+        help="local address of a protocol: tcp service (repeatable; default: port 0, announced)",
+    )
+    group.add_argument(
+        "--audit",
+        type=Path,
+        metavar="FILE",
+        help="hash-chained audit log of policy decisions (default: <state-dir>/audit.jsonl)",
+    )
+    group.add_argument("--no-audit", action="store_true", help="write no audit log")
 
 
 def run_dynamic_proxy(args: argparse.Namespace) -> int:
@@ -122,16 +145,27 @@ def run_dynamic_proxy(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"--{flag}: {exc}") from exc
 
+    tcp: list[tuple[str, Any]] = []
+    for item in args.tcp:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--tcp: expected SERVICE=HOST:PORT, got {item!r}")
+        if any(n == name for n, _ in tcp):
+            raise ConfigError(f"--tcp: service {name!r} given twice")
+        tcp.append((name, address("tcp", value)))
+    state_dir = args.state_dir or Path(".meshlet-proxy") / args.workload
     settings = DynamicSettings(
         control=args.control,
         workload=args.workload,
         token=args.token,
-        state_dir=args.state_dir or Path(".meshlet-proxy") / args.workload,
+        state_dir=state_dir,
         bundle=args.bundle,
         inbound=address("inbound", args.inbound),
         outbound=address("outbound", args.outbound),
         app=address("app", args.app),
         admin=address("admin", args.admin),
         advertise=args.advertise,
+        tcp=tuple(tcp),
+        audit=None if args.no_audit else (args.audit or state_dir / "audit.jsonl"),
     )
     return run_dynamic(settings)

@@ -29,23 +29,44 @@ def identity(server: ControlServer, request: ApiRequest) -> ApiResponse:
         raise ValueError("'csr' (PEM text) is required")
     token = body.get("token")
     now = server.clock.wall()
+    peer = request.peer.spiffe_id if request.peer is not None else None
+    credential = "token" if isinstance(token, str) else "svid" if peer else "none"
+    proven: SpiffeId | None = None
     try:
         if isinstance(token, str):
-            claims = server.ca.verify_join_token(token, now=now, ledger=server.ledger)
+            try:
+                claims = server.ca.verify_join_token(token, now=now, ledger=server.ledger)
+            except IdentityError as exc:
+                server.audit.token_refused(reason=str(exc))
+                raise
             record_used(server.ledger_path, claims.token_id, claims.expires_at)
             proven = claims.spiffe_id
-        elif request.peer is not None:
-            proven = SpiffeId.parse(request.peer.spiffe_id)
+            server.audit.token_burned(
+                token_id=claims.token_id, spiffe_id=str(proven), expires_at=claims.expires_at
+            )
+        elif peer is not None:
+            proven = SpiffeId.parse(peer)
         else:
+            server.audit.svid_refused(reason="no credential", credential=credential, proven_id=None)
             return ApiResponse.error(401, "send a join token or present your current SVID")
         kwargs = {} if server.svid_ttl_s is None else {"ttl_s": server.svid_ttl_s}
         issued = server.ca.sign_csr_svid(csr.encode(), proven_id=proven, now=now, **kwargs)
     except IdentityError as exc:
         logger.warning("identity_refused", extra={"error": str(exc)})
+        server.audit.svid_refused(
+            reason=str(exc), credential=credential, proven_id=str(proven) if proven else None
+        )
         return ApiResponse.error(403, str(exc))
     logger.info(
         "svid_issued",
         extra={"spiffe_id": str(proven), "renewal": token is None},
+    )
+    server.audit.svid_issued(
+        spiffe_id=str(issued.spiffe_id),
+        renewal=not isinstance(token, str),
+        serial=_serial(issued.cert_chain_pem),
+        not_after=issued.not_after,
+        peer=peer,
     )
     return ApiResponse.of(
         200,
@@ -58,6 +79,13 @@ def identity(server: ControlServer, request: ApiRequest) -> ApiResponse:
     )
 
 
+def _serial(chain_pem: bytes) -> str:
+    """The leaf's serial number in hex, as ``openssl x509 -serial`` prints it."""
+    from cryptography import x509
+
+    return format(x509.load_pem_x509_certificate(chain_pem).serial_number, "X")
+
+
 def authorize(server: ControlServer, request: ApiRequest, workload: str) -> ApiResponse | None:
     """The caller must present the SVID of the workload it claims to be."""
     if request.peer is None:
@@ -67,9 +95,11 @@ def authorize(server: ControlServer, request: ApiRequest, workload: str) -> ApiR
         return ApiResponse.error(404, f"mesh.yaml has no workload {workload!r}")
     expected = w.spiffe_id(server.store.current.mesh.trust_domain)
     if request.peer.spiffe_id != expected:
-        return ApiResponse.error(
-            403, f"{request.peer.spiffe_id} may not act as workload {workload!r} ({expected})"
+        reason = f"{request.peer.spiffe_id} may not act as workload {workload!r} ({expected})"
+        server.audit.access_refused(
+            peer=request.peer.spiffe_id, workload=workload, path=request.path, reason=reason
         )
+        return ApiResponse.error(403, reason)
     return None
 
 

@@ -41,14 +41,21 @@ def bind(address: Address) -> socket.socket:
 
 
 def run_control(
-    *, config_dir: Path, ca_dir: Path, listen: Address, hold_s: float | None = None
+    *,
+    config_dir: Path,
+    ca_dir: Path,
+    listen: Address,
+    hold_s: float | None = None,
+    audit: Path | None = None,
 ) -> int:
     """Load the CA and the config, serve until SIGTERM/SIGINT; return the exit status."""
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(
-            serve_control(config_dir=config_dir, ca_dir=ca_dir, listen=listen, hold_s=hold_s)
+            serve_control(
+                config_dir=config_dir, ca_dir=ca_dir, listen=listen, hold_s=hold_s, audit=audit
+            )
         )
 
 
@@ -59,11 +66,22 @@ async def serve_control(
     listen: Address,
     hold_s: float | None = None,
     stop: asyncio.Event | None = None,
+    audit: Path | None = None,
 ) -> int:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT); ``audit`` is the path of
+    the control plane's own audit log (docs/control.md), None for none."""
+    from meshlet.clock import MonotonicClock
     from meshlet.control.server import ControlServer
+    from meshlet.telemetry.audit import AuditLog
 
     ca = CertificateAuthority.load(ca_dir)
-    server = ControlServer(config_dir=config_dir, ca=ca)
+    log = AuditLog(audit, clock=MonotonicClock()) if audit is not None else None
+    try:
+        server = ControlServer(config_dir=config_dir, ca=ca, audit=log)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
     if hold_s is not None:
         server.hold_s = hold_s
     sock = bind(listen)
@@ -81,6 +99,7 @@ async def serve_control(
         "listen": f"{address[0]}:{address[1]}" if address else None,
         "spiffe_id": str(SpiffeId.control_plane(ca.trust_domain)),
         "config_digest": server.store.current.digest,
+        "audit": str(log.path) if log is not None else None,
     }
     sys.stdout.write(json.dumps(line) + "\n")
     sys.stdout.flush()

@@ -38,6 +38,7 @@ from typing import Any
 
 from meshlet.clock import Clock, MonotonicClock
 from meshlet.control import api
+from meshlet.control.auditing import ControlAudit, files_digest
 from meshlet.control.http import ApiRequest, ApiResponse, serve_connection
 from meshlet.control.ledger import load_ledger
 from meshlet.control.registry import DEFAULT_LEASE_S, Registry
@@ -46,6 +47,7 @@ from meshlet.control.store import ConfigStore, dir_signature, load_config_dir
 from meshlet.errors import ConfigError, IdentityError
 from meshlet.identity.ca import CertificateAuthority
 from meshlet.identity.spiffeid import SpiffeId
+from meshlet.telemetry.audit import AuditLog
 
 __all__ = ["ControlServer"]
 
@@ -79,6 +81,7 @@ class ControlServer:
         lease_s: float = DEFAULT_LEASE_S,
         resync_grace_s: float = DEFAULT_RESYNC_GRACE_S,
         svid_ttl_s: float | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config_dir = config_dir
         self.ca = ca
@@ -87,6 +90,7 @@ class ControlServer:
         self.poll_s = poll_s
         self.resync_grace_s = resync_grace_s
         self.svid_ttl_s = svid_ttl_s
+        self.audit = ControlAudit(audit)  # closed by close()
         self.registry = Registry(lease_s=lease_s)
         self.ledger_path = ca.directory / "control" / "used-tokens"
         self.ledger = load_ledger(self.ledger_path, now=self.clock.wall())
@@ -97,6 +101,7 @@ class ControlServer:
                 f"CA's trust domain {ca.trust_domain!r}"
             )
         self.store = ConfigStore(source)
+        self.audit.config_accepted(digest=source.digest, generation=1, files=source.files)
         self._signature = dir_signature(config_dir)
         self._wake = asyncio.Event()
         self._cache: dict[str, tuple[tuple[int, int], Snapshot]] = {}
@@ -140,6 +145,7 @@ class ControlServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+        self.audit.close()
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -177,6 +183,7 @@ class ControlServer:
         ctx.load_cert_chain(outdir / "cert.pem", outdir / "key.pem")
         self._svid_renew_at = now + (issued.not_after - now) / 2
         logger.info("control_certificate_issued", extra={"not_after": issued.not_after})
+        self.audit.control_svid(spiffe_id=str(issued.spiffe_id), not_after=issued.not_after)
 
     # -- background work -------------------------------------------------------------
 
@@ -217,13 +224,22 @@ class ControlServer:
                 f"{candidate.mesh.source}: trust_domain may not change while running"
             )
         changed = self.store.offer(candidate)
+        current = self.store.current
         if isinstance(candidate, ConfigError):
             logger.warning(
                 "config_refused",
-                extra={"problems": list(candidate.problems), "serving": self.store.current.digest},
+                extra={"problems": list(candidate.problems), "serving": current.digest},
+            )
+            self.audit.config_refused(
+                candidate_digest=await asyncio.to_thread(files_digest, self.config_dir),
+                serving_digest=current.digest,
+                problems=candidate.problems,
             )
         elif changed:
-            logger.info("config_applied", extra={"config_digest": self.store.current.digest})
+            logger.info("config_applied", extra={"config_digest": current.digest})
+            self.audit.config_accepted(
+                digest=current.digest, generation=self.store.generation, files=current.files
+            )
             for warning in self.store.current.warnings:
                 logger.warning("config_warning", extra={"warning": warning})
             self.notify()

@@ -190,22 +190,22 @@ def _security_documents(source: MeshSource, scope: Workload) -> tuple[Any, ...]:
 
 
 def _services(source: MeshSource, registry: Registry) -> tuple[ServiceEntry, ...]:
-    """Every HTTP service with at least one live endpoint. A service with none is
-    left out: the caller's sidecar answers 'no route' at once instead of trying
-    addresses that are not there. Opaque TCP services need a local port per
-    service on the caller, which a control plane cannot choose, so they are not
-    served dynamically (docs/control.md)."""
+    """Every service with at least one live endpoint. A service with none is left
+    out: the caller's sidecar answers 'no route' (HTTP) or has no listener (TCP)
+    at once instead of trying addresses that are not there. Opaque TCP services
+    carry no local port: where the caller's app reaches one is the caller's
+    machine's business (``meshlet proxy --tcp NAME=HOST:PORT``)."""
     out: list[ServiceEntry] = []
     for service in source.mesh.services:
-        if service.protocol != "http":
-            continue
         endpoints = tuple(
             EndpointEntry(address=rec.address or "", identity=rec.spiffe_id, labels=w.labels)
             for w in service.workloads
             for rec in registry.endpoints(w.name)
         )
         if endpoints:
-            out.append(ServiceEntry(name=service.name, protocol="http", endpoints=endpoints))
+            out.append(
+                ServiceEntry(name=service.name, protocol=service.protocol, endpoints=endpoints)
+            )
     return tuple(out)
 
 

@@ -40,14 +40,14 @@ from urllib.parse import urlencode
 import jwt
 
 from meshlet.clock import Clock, MonotonicClock
-from meshlet.config.bootstrap import BootstrapConfig, IdentityFiles
+from meshlet.config.bootstrap import BootstrapConfig, IdentityFiles, ServiceConfig
 from meshlet.errors import ConfigError, IdentityError, MeshError, ProtocolError
 from meshlet.identity.pemfiles import write_atomic
 from meshlet.identity.renewal import Credential, Renewer
 from meshlet.identity.spiffeid import SpiffeId
 from meshlet.identity.x509 import make_csr
 from meshlet.proxy.control_client import WATCH_TIMEOUT_S, ControlClient, backoff_s, error_text
-from meshlet.proxy.dynamic_config import DynamicSettings, snapshot_config
+from meshlet.proxy.dynamic_config import DynamicSettings, snapshot_config, split_tcp
 
 __all__ = ["DynamicProxy", "run_dynamic"]
 
@@ -71,6 +71,8 @@ class DynamicProxy:
         self.bundle_path = state / "bundle.pem"
         self.client: ControlClient | None = None
         self.admin: Any = None
+        self.tcp: Any = None  # TcpServices once serving: opaque TCP listeners
+        self.audit: Any = None  # the one AuditLog every policy gate of this process writes
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
@@ -158,20 +160,32 @@ class DynamicProxy:
         return snapshot_config(snapshot, self.settings, files)
 
     async def _apply(self, snapshot: dict[str, Any]) -> str | None:
-        """Make ``snapshot`` live; return None on success, else the NACK reason."""
+        """Make ``snapshot`` live; return None on success, else the NACK reason.
+        Whole or nothing: TCP ports are bound first, the HTTP side is swapped
+        (or refuses), then the TCP side follows."""
         try:
-            config = self.build_config(snapshot)
+            config, tcp_services = split_tcp(self.build_config(snapshot))
             if self.server is None:
-                await self._start_server(config)
+                await self._start_server(config, tcp_services)
             else:
-                self.server.apply_config(config)
+                change = self.tcp.prepare(tcp_services)
+                try:
+                    self.server.apply_config(config)
+                except BaseException:
+                    self.tcp.abort(change)
+                    raise
+                self._install_audit()  # no await since the swap: no request saw the gate bare
+                await self.tcp.commit(change)
         except MeshError as exc:
             return str(exc)
         self.applied = str(snapshot["version"])
         logger.info("snapshot_applied", extra={"snapshot_version": self.applied})
         return None
 
-    async def _start_server(self, config: BootstrapConfig) -> None:
+    async def _start_server(
+        self, config: BootstrapConfig, tcp_services: tuple[ServiceConfig, ...]
+    ) -> None:
+        from meshlet.proxy.dynamic_tcp import TcpServices
         from meshlet.proxy.server import ProxyServer
         from meshlet.telemetry.metrics import GoldenMetrics
 
@@ -179,15 +193,85 @@ class DynamicProxy:
             workload=config.workload.name or self.settings.workload,
             namespace=config.workload.namespace or "unknown",
         )
-        server = ProxyServer(config, metrics=metrics, clock=self.clock)
-        await server.start()
-        self.server = server
+        tcp = TcpServices(identity=self._identity, metrics=metrics, timeouts=config.timeouts)
+        change = tcp.prepare(tcp_services)
+        try:
+            server = ProxyServer(
+                config, metrics=metrics, clock=self.clock, inbound_gate=self._first_gate(config)
+            )
+            await server.start()
+        except BaseException:
+            tcp.abort(change)
+            raise
+        self.server, self.tcp = server, tcp
+        await tcp.commit(change)
         if config.admin is not None:
             from meshlet.proxy.admin import AdminServer
 
-            self.admin = AdminServer(server, metrics, clock=self.clock, worker=0)
+            self.admin = AdminServer(self, metrics, clock=self.clock, worker=0)
             await self.admin.start(config.admin.host, config.admin.port)
         self._announce()
+
+    def _identity(self) -> Any:
+        """The SVID now serving, for TCP handshakes (read per connection)."""
+        identity = self.server.identity if self.server is not None else None
+        if identity is None:
+            raise IdentityError("no identity loaded")
+        return identity
+
+    # -- audit -----------------------------------------------------------------------
+    # Static mode opens its audit log when it builds its one policy gate. Here
+    # gates are rebuilt on every policy change, and a second writer on the same
+    # path would start a second chain (``audit.jsonl.w1``), so this process owns
+    # one AuditLog and hands it to each gate before any request reaches it; the
+    # configs given to ``ProxyServer`` never name an audit path.
+
+    def _first_gate(self, config: BootstrapConfig) -> Any:
+        if config.inbound is None or not config.inbound.policies:
+            return None
+        from meshlet.proxy import authz
+
+        gate = authz.build_gate(config, clock=self.clock)
+        if gate is not None and self.audit is not None:
+            gate.audit = self.audit
+        return gate
+
+    def _install_audit(self) -> None:
+        """Give a gate that ``apply_config`` just built the process's audit log."""
+        listener = self.server.inbound_listener if self.server is not None else None
+        gate = getattr(listener.router, "gate", None) if listener is not None else None
+        if gate is None or self.audit is None:
+            return
+        from meshlet.proxy.authz import PolicyGate
+
+        if isinstance(gate, PolicyGate) and gate.audit is None:
+            gate.audit = self.audit
+
+    def _open_audit(self) -> None:
+        if self.settings.audit is None:
+            return
+        from meshlet.telemetry.audit import AuditLog
+
+        self.audit = AuditLog(self.settings.audit, clock=self.clock)
+        logger.info("audit_log_opened", extra={"path": str(self.audit.path)})
+
+    # -- what the admin server shows (``proxy.admin.AdminTarget``) ----------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.server is not None and bool(self.server.ready)
+
+    @property
+    def identity(self) -> Any:
+        return self.server.identity if self.server is not None else None
+
+    def config_dump(self) -> dict[str, Any]:
+        """The server's dump with the TCP services (kept beside it) added."""
+        dump: dict[str, Any] = self.server.config_dump()
+        if self.tcp is not None and "outbound" in dump:
+            dump["outbound"]["services"].update(self.tcp.describe())
+        dump["snapshot_version"] = self.applied
+        return dump
 
     def _announce(self) -> None:
         def fmt(addr: tuple[str, int] | None) -> str | None:
@@ -203,6 +287,7 @@ class DynamicProxy:
             "outbound": fmt(self.server.outbound_address),
             "admin": fmt(admin.address) if admin is not None else None,
             "spiffe_id": str(self.credential.spiffe_id) if self.credential else None,
+            "tcp": self.tcp.addresses() if self.tcp is not None else {},
         }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
@@ -274,6 +359,7 @@ class DynamicProxy:
         """Get an identity and the first snapshot (retrying with backoff), start
         serving, and leave the watch and renewal loops running."""
         self._prepare_state_dir()
+        self._open_audit()
         self._load_existing()
         if self.credential is not None:
             self.renewer.on_installed(self.credential)
@@ -320,10 +406,12 @@ class DynamicProxy:
                 q = urlencode({"proxy": self.proxy_id})
                 await self.client.call("POST", f"/v1/leave?{q}", timeout_s=1.0)
             self.client.reset()
-        if self.server is not None:
-            await self.server.drain(drain_s)
+        drains = [part.drain(drain_s) for part in (self.server, self.tcp) if part is not None]
+        await asyncio.gather(*drains)
         if self.admin is not None:
             await self.admin.close()
+        if self.audit is not None:
+            self.audit.close()  # after the drain: the last decisions are written
 
 
 def run_dynamic(settings: DynamicSettings) -> int:
