@@ -51,6 +51,13 @@ class ControlPlane:
                 str(self.ca_dir),
                 "--listen",
                 f"{HOST}:{port}",
+                # Beside the sidecars' logs (static mode's layout); `meshlet audit
+                # verify` checks it like theirs.
+                *(
+                    ("--audit", str(config.state_dir / "audit" / "control.jsonl"))
+                    if config.audit
+                    else ("--no-audit",)
+                ),
             ),
             env={**env, "PYTHONUNBUFFERED": "1"},
             cwd=config.state_dir,
@@ -98,6 +105,12 @@ class ControlPlane:
         ]
         if plan.inbound_port is not None:
             argv += ["--inbound", f"{HOST}:{plan.inbound_port}", "--app", f"{HOST}:{plan.app_port}"]
+        for service, port in plan.tcp_ports:  # the ports MESHLET_TCP_<SERVICE> names
+            argv += ["--tcp", f"{service}={HOST}:{port}"]
+        if self.config.audit:  # where static mode writes it (bootstrap_for)
+            argv += ["--audit", str(self.config.state_dir / "audit" / f"{plan.name}.jsonl")]
+        else:
+            argv += ["--no-audit"]
         return tuple(argv)
 
 
