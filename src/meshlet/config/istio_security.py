@@ -12,6 +12,7 @@ re-exported here, the one import path the rest of meshlet uses.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -159,9 +160,6 @@ def _peer(resource: Resource) -> PeerAuthentication:
     )
 
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 def secure_or_loopback(url: str) -> bool:
     """True for an ``https://`` URL, or an ``http://`` one whose host is a
     loopback address (a local identity provider, or a test): the only URLs
@@ -173,7 +171,14 @@ def secure_or_loopback(url: str) -> bool:
         return False
     if parts.scheme == "https":
         return bool(host)
-    return parts.scheme == "http" and (host in _LOOPBACK_HOSTS or host.startswith("127."))
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: "127.example.com" is not loopback
+        return False
 
 
 _NOT_TOKEN = frozenset('()<>@,;:\\"/[]?={} \t')

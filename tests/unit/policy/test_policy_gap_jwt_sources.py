@@ -154,6 +154,7 @@ def test_discovery_rules_are_key_sources() -> None:
         pytest.param("http://[::1]:9", True, id="http-loopback-v6"),
         pytest.param("http://idp.example", False, id="http-remote"),
         pytest.param("http://10.0.0.1", False, id="http-private"),
+        pytest.param("http://127.example.com", False, id="http-name-like-loopback"),
         pytest.param("issuer-foo", False, id="not-a-url"),
         pytest.param("https://", False, id="no-host"),
         pytest.param("ftp://idp.example", False, id="other-scheme"),
