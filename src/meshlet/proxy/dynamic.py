@@ -2,17 +2,15 @@
 
 The sidecar gets everything from the control plane instead of a bootstrap file:
 
-1. Identity. A P-256 key is made here and never leaves the state directory
-   (0700 directory, 0600 key); a CSR for the SPIFFE ID the join token names is
-   sent with the token, and the signed chain and trust bundle come back. After
-   a restart a still-valid certificate in the state directory is reused (the
-   token is single-use). Renewal presents the current SVID as the TLS client
-   certificate, at half-life with jitter (``identity.renewal.Renewer``).
+1. Identity: its own key, a join token for the first SVID, renewal with the
+   current one (``dynamic_identity``).
 2. Config. A long-poll watch returns versioned snapshots. Each is merged with
    the local settings (listen addresses, identity files) into a bootstrap
    document and checked by the same validator as ``--config``; it then goes
    live with ``ProxyServer.apply_config`` and is ACKed, or NACKed with the
-   reason while the last good one keeps serving.
+   reason while the last good one keeps serving. Opaque TCP services get
+   listeners of their own, opened and closed as snapshots change
+   (``dynamic_tcp``); policy decisions go to one audit chain (``dynamic_audit``).
 3. Outages. When the control plane goes away the data plane keeps serving
    with its last snapshot and certificate; the watch reconnects with capped
    exponential backoff and resends the version it has, so nothing is re-applied
@@ -34,27 +32,29 @@ import logging
 import os
 import secrets
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import jwt
 
 from meshlet.clock import Clock, MonotonicClock
 from meshlet.config.bootstrap import BootstrapConfig, IdentityFiles, ServiceConfig
-from meshlet.errors import ConfigError, IdentityError, MeshError, ProtocolError
-from meshlet.identity.pemfiles import write_atomic
+from meshlet.errors import IdentityError, MeshError, ProtocolError
 from meshlet.identity.renewal import Credential, Renewer
 from meshlet.identity.spiffeid import SpiffeId
-from meshlet.identity.x509 import make_csr
 from meshlet.proxy.control_client import WATCH_TIMEOUT_S, ControlClient, backoff_s, error_text
+from meshlet.proxy.dynamic_audit import first_gate, install_audit, open_audit
 from meshlet.proxy.dynamic_config import DynamicSettings, snapshot_config, split_tcp
+from meshlet.proxy.dynamic_identity import SidecarIdentity
+
+if TYPE_CHECKING:
+    from meshlet.proxy.dynamic_tcp import TcpServices
+    from meshlet.telemetry.audit import AuditLog
 
 __all__ = ["DynamicProxy", "run_dynamic"]
 
 logger = logging.getLogger(__name__)
 
 
-class DynamicProxy:
+class DynamicProxy(SidecarIdentity):
     """The sidecar's control-plane side: identity, snapshots, renewal, outages."""
 
     def __init__(self, settings: DynamicSettings, *, clock: Clock | None = None) -> None:
@@ -71,86 +71,10 @@ class DynamicProxy:
         self.bundle_path = state / "bundle.pem"
         self.client: ControlClient | None = None
         self.admin: Any = None
-        self.tcp: Any = None  # TcpServices once serving: opaque TCP listeners
-        self.audit: Any = None  # the one AuditLog every policy gate of this process writes
+        self.tcp: TcpServices | None = None  # opaque TCP listeners, once serving
+        self.audit: AuditLog | None = None  # the one log every policy gate here writes
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
-
-    # -- identity -------------------------------------------------------------------
-
-    def _prepare_state_dir(self) -> None:
-        state = self.settings.state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o700)  # the key lives here: nobody else may list or read it
-
-    def _requested_id(self) -> SpiffeId:
-        if self.credential is not None:
-            return self.credential.spiffe_id
-        if self.settings.token is None:
-            raise ConfigError("--token is required for the first start (no certificate yet)")
-        try:
-            sub = jwt.decode(self.settings.token, options={"verify_signature": False})["sub"]
-        except (jwt.InvalidTokenError, KeyError) as exc:
-            raise ConfigError(f"--token is not a meshlet join token: {exc}") from exc
-        return SpiffeId.parse(str(sub))
-
-    def _load_existing(self) -> None:
-        """Reuse a still-valid certificate from an earlier run (tokens are single-use)."""
-        try:
-            cred = Credential.from_pem(self.cert_path.read_bytes(), self.key_path.read_bytes())
-        except (OSError, IdentityError, ValueError):
-            return
-        if cred.valid_at(self.clock.wall()):
-            self.credential = cred
-
-    def _bundle_pem(self) -> bytes:
-        """Once enrolled, the bundle the control plane sent (it follows root
-        rotations); before, the one given on the command line."""
-        enrolled = self.credential is not None and self.bundle_path.exists()
-        path = (
-            self.bundle_path if enrolled or self.settings.bundle is None else self.settings.bundle
-        )
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"{path}: cannot read the trust bundle ({exc.strerror}); pass --bundle"
-            ) from exc
-
-    async def _fetch_svid(self) -> None:
-        """Enroll (join token) or renew (current SVID over mTLS); install the result."""
-        assert self.client is not None, "BUG: no control client"
-        # Its own connection: the watch connection may be held for a long poll.
-        client = ControlClient(
-            url=self.settings.control,
-            bundle_pem=self._bundle_pem(),
-            control_id=self.client.control_id,
-            cert=(self.cert_path, self.key_path) if self.credential is not None else None,
-        )
-        spiffe_id = self._requested_id()
-        csr_pem, key_pem = make_csr(spiffe_id)
-        payload: dict[str, str] = {"csr": csr_pem.decode()}
-        if self.credential is None and self.settings.token is not None:
-            payload["token"] = self.settings.token
-        try:
-            status, body = await client.call("POST", "/v1/identity", payload)
-        finally:
-            client.reset()
-        if status != 200:
-            raise IdentityError(f"control plane refused the CSR ({status}): {error_text(body)}")
-        answer = json.loads(body)
-        chain = answer["cert_chain"].encode()
-        cred = Credential.from_pem(chain, key_pem)
-        write_atomic(self.key_path, key_pem, mode=0o600)
-        write_atomic(self.cert_path, chain, mode=0o644)
-        write_atomic(self.bundle_path, answer["bundle"].encode(), mode=0o644)
-        self.credential = cred
-        self.client.use(bundle_pem=answer["bundle"].encode(), cert=(self.cert_path, self.key_path))
-        jitter = secrets.randbelow(1000) / 1000 * cred.lifetime_s * 0.1
-        self.renewer.on_installed(cred, jitter_s=jitter)
-        if self.server is not None:
-            self.server.reload_identity()
-        logger.info("svid_installed", extra={"spiffe_id": str(cred.spiffe_id)})
 
     # -- snapshots --------------------------------------------------------------------
 
@@ -168,13 +92,14 @@ class DynamicProxy:
             if self.server is None:
                 await self._start_server(config, tcp_services)
             else:
+                assert self.tcp is not None, "BUG: a server without its TCP services"
                 change = self.tcp.prepare(tcp_services)
                 try:
                     self.server.apply_config(config)
                 except BaseException:
                     self.tcp.abort(change)
                     raise
-                self._install_audit()  # no await since the swap: no request saw the gate bare
+                install_audit(self.server, self.audit)  # no await since the swap
                 await self.tcp.commit(change)
         except MeshError as exc:
             return str(exc)
@@ -197,7 +122,10 @@ class DynamicProxy:
         change = tcp.prepare(tcp_services)
         try:
             server = ProxyServer(
-                config, metrics=metrics, clock=self.clock, inbound_gate=self._first_gate(config)
+                config,
+                metrics=metrics,
+                clock=self.clock,
+                inbound_gate=first_gate(config, self.audit, clock=self.clock),
             )
             await server.start()
         except BaseException:
@@ -218,42 +146,6 @@ class DynamicProxy:
         if identity is None:
             raise IdentityError("no identity loaded")
         return identity
-
-    # -- audit -----------------------------------------------------------------------
-    # Static mode opens its audit log when it builds its one policy gate. Here
-    # gates are rebuilt on every policy change, and a second writer on the same
-    # path would start a second chain (``audit.jsonl.w1``), so this process owns
-    # one AuditLog and hands it to each gate before any request reaches it; the
-    # configs given to ``ProxyServer`` never name an audit path.
-
-    def _first_gate(self, config: BootstrapConfig) -> Any:
-        if config.inbound is None or not config.inbound.policies:
-            return None
-        from meshlet.proxy import authz
-
-        gate = authz.build_gate(config, clock=self.clock)
-        if gate is not None and self.audit is not None:
-            gate.audit = self.audit
-        return gate
-
-    def _install_audit(self) -> None:
-        """Give a gate that ``apply_config`` just built the process's audit log."""
-        listener = self.server.inbound_listener if self.server is not None else None
-        gate = getattr(listener.router, "gate", None) if listener is not None else None
-        if gate is None or self.audit is None:
-            return
-        from meshlet.proxy.authz import PolicyGate
-
-        if isinstance(gate, PolicyGate) and gate.audit is None:
-            gate.audit = self.audit
-
-    def _open_audit(self) -> None:
-        if self.settings.audit is None:
-            return
-        from meshlet.telemetry.audit import AuditLog
-
-        self.audit = AuditLog(self.settings.audit, clock=self.clock)
-        logger.info("audit_log_opened", extra={"path": str(self.audit.path)})
 
     # -- what the admin server shows (``proxy.admin.AdminTarget``) ----------------------
 
@@ -332,15 +224,6 @@ class DynamicProxy:
 
     # -- the loops ---------------------------------------------------------------------
 
-    async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(0.0, self.renewer.next_attempt_at - self.clock.wall()))
-            try:
-                await self._fetch_svid()
-            except (MeshError, OSError, TimeoutError, ValueError, KeyError) as exc:
-                logger.warning("svid_renewal_failed", extra={"error": str(exc)})
-                self.renewer.on_failure(now=self.clock.wall())
-
     async def _watch_loop(self) -> None:
         failures = 0
         while True:
@@ -359,7 +242,7 @@ class DynamicProxy:
         """Get an identity and the first snapshot (retrying with backoff), start
         serving, and leave the watch and renewal loops running."""
         self._prepare_state_dir()
-        self._open_audit()
+        self.audit = open_audit(self.settings.audit, clock=self.clock)
         self._load_existing()
         if self.credential is not None:
             self.renewer.on_installed(self.credential)
