@@ -112,6 +112,7 @@ class PolicyGate:
 
     @property
     def _refreshing(self) -> bool:
+        """Whether a background key refresh runs (the name older tests poll)."""
         return self.keys.refreshing
 
     # -- the InboundGate protocol ----------------------------------------------
