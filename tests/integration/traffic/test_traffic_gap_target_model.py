@@ -24,6 +24,7 @@ import pytest
 from tests.integration.traffic.mesh_support import Mesh, Replica, mesh_of, stop_mesh
 from tests.support.pki import Pki
 from tests.support.sidecars import CLIENT_ID, FAST, LOCAL, SERVER_ID
+from tests.support.waiting import wait_until
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import (
@@ -159,10 +160,7 @@ async def test_mirror_gets_the_rewritten_body_the_retry_buffer_holds(
             client.post("/v1/chat/completions", headers=HOST, content=body), T
         )
         assert r.status_code == 200
-        for _ in range(int(T / 0.01)):  # the mirror is fire-and-forget
-            if shadow.requests:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: bool(shadow.requests), T)  # the mirror is fire-and-forget
         (_, headers, got), *_ = shadow.requests
         assert got == as_sent(body, "chat-lora-b")
         assert int(headers[b"content-length"]) == len(got)
