@@ -87,6 +87,7 @@ class Sim:
         self.release()
 
     def check(self) -> None:
+        assert len(self.line) == len(list(self.line))  # the kept size is the true one
         counts = self.counts()
         assert all(c <= self.limit for c in counts), counts
         assert len(self.inflight) <= self.max_connections

@@ -77,10 +77,11 @@ class Release(Generic[T]):
 class SlotQueue(Generic[T]):
     """Requests waiting for a slot, in service order (see ``_ORDER``)."""
 
-    __slots__ = ("_lines",)
+    __slots__ = ("_lines", "_size")
 
     def __init__(self) -> None:
         self._lines: dict[Criticality, deque[T]] = {c: deque() for c in _ORDER}
+        self._size = 0  # kept, not summed: every routed request asks if anyone waits
 
     def push(self, item: T, criticality: Criticality, *, front: bool = False) -> None:
         """Wait in line; ``front`` for one that already waited and lost its slot
@@ -90,20 +91,25 @@ class SlotQueue(Generic[T]):
             line.appendleft(item)
         else:
             line.append(item)
+        self._size += 1
 
     def remove(self, item: T) -> bool:
         """Leave the line (the client left, or the wait timed out)."""
         for line in self._lines.values():
             if item in line:
                 line.remove(item)
+                self._size -= 1
                 return True
         return False
 
     def __contains__(self, item: object) -> bool:
-        return any(item in line for line in self._lines.values())
+        return self._size > 0 and any(item in line for line in self._lines.values())
 
     def __len__(self) -> int:
-        return sum(len(line) for line in self._lines.values())
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
 
     def __iter__(self) -> Iterator[T]:
         for c in _ORDER:
@@ -112,6 +118,7 @@ class SlotQueue(Generic[T]):
     def clear(self) -> None:
         for line in self._lines.values():
             line.clear()
+        self._size = 0
 
     def release(
         self,
@@ -126,6 +133,8 @@ class SlotQueue(Generic[T]):
         when it joined it: a Sheddable request that queued for a connection while
         the pool had room is shed if the pool is full by then, and the free slots
         go to Critical, then Standard, then Sheddable requests."""
+        if not self._size:
+            return Release()
         counts = list(outstanding)
         slots = free_slots(counts, limit_per_endpoint)
         room = free_connections if slots is None else min(slots, free_connections)
@@ -139,6 +148,7 @@ class SlotQueue(Generic[T]):
         if sheddable and counts and slots is not None and slots <= len(send):
             shed = tuple(sheddable)  # every endpoint is full once ``send`` starts
             sheddable.clear()
+        self._size -= len(send) + len(shed)
         return Release(tuple(send), shed)
 
 
