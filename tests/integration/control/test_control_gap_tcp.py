@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -51,6 +52,14 @@ def mesh_yaml(ports: dict[str, int], *, cache: bool = True) -> str:
         "clients": {"frontend": {"command": ["true"]}},
     }
     return yaml.safe_dump(mesh, sort_keys=False)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename, so the control plane's poll never reads a
+    half-written file (the hidden temporary file is not part of the config)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 @contextlib.asynccontextmanager
@@ -140,7 +149,7 @@ async def test_tcp_listeners_follow_the_config_directory(
         tagged_echo(b"cache") as port_cache,
     ):
         ports = {"db-a": port_a, "db-b": port_b, "cache": port_cache}
-        (config / "mesh.yaml").write_text(mesh_yaml(ports))
+        write_whole(config / "mesh.yaml", mesh_yaml(ports))
         try:
             control = await spawn(
                 ["control", "--config-dir", str(config), "--ca-dir", str(ca.directory),
@@ -194,7 +203,7 @@ async def test_tcp_listeners_follow_the_config_directory(
 
             # The cache service leaves the config: its port closes; db's live
             # connection carries on.
-            (config / "mesh.yaml").write_text(mesh_yaml(ports, cache=False))
+            write_whole(config / "mesh.yaml", mesh_yaml(ports, cache=False))
 
             async def cache_gone() -> bool:
                 return "cache" not in await tcp_services(front)
@@ -205,7 +214,7 @@ async def test_tcp_listeners_follow_the_config_directory(
             assert (await tcp_services(front))["db"]["listen"] == db_address
 
             # ...and comes back: a listener again (the cache sidecar re-registers).
-            (config / "mesh.yaml").write_text(mesh_yaml(ports))
+            write_whole(config / "mesh.yaml", mesh_yaml(ports))
 
             async def cache_back() -> str | None:
                 entry = (await tcp_services(front)).get("cache")
