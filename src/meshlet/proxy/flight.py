@@ -24,7 +24,7 @@ from meshlet.proxy.heads import request_head
 from meshlet.traffic.balancer import Endpoint
 from meshlet.traffic.inference import Admit, admit, free_slots
 from meshlet.traffic.match import MODEL_HEADER, RequestAttributes
-from meshlet.traffic.model_name import ModelFieldScanner, ScanState
+from meshlet.traffic.model_name import ModelFieldScanner, ScanState, path_with_model
 from meshlet.traffic.router import ForwardPlan
 
 if TYPE_CHECKING:
@@ -190,18 +190,24 @@ class Flight(BodyBuffer, Retrying):
             self._answer(rescues.no_healthy_upstream(str(exc)))
             return
         self.rt = rt
-        delta = 0
+        delta, path = 0, plan.path
         inference = plan.inference
-        if inference is not None and inference.target_model not in (None, model):
-            delta = self._rewrite_model(inference.target_model)
-        ex.head = self._head(plan, attrs.model_name, delta)
+        target_model = None if inference is None else inference.target_model
+        if target_model is not None and model is not None and target_model != model:
+            if self.model_span is not None:  # named in the body
+                delta = self._rewrite_model(target_model)
+            elif (renamed := path_with_model(path, model, target_model)) is not None:
+                path, self.sent_model = renamed, target_model  # a KServe v2 path
+        ex.head = self._head(plan, attrs.model_name, delta, path)
         if plan.fault_delay_s > 0:
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(plan.fault_delay_s, self._admit)
             return
         self._admit()
 
-    def _head(self, plan: ForwardPlan, model: str | None, body_delta: int = 0) -> bytes:
+    def _head(
+        self, plan: ForwardPlan, model: str | None, body_delta: int = 0, path: str | None = None
+    ) -> bytes:
         ex = self.ex
         headers = _apply_ops(list(ex.headers), plan.request_headers)
         if body_delta and ex.framing == LENGTH:  # the body's model was rewritten
@@ -216,7 +222,7 @@ class Flight(BodyBuffer, Retrying):
             extra = [*extra, _MODEL_HEADER + b": " + model.encode("latin-1")]
         return request_head(
             ex.method,
-            plan.path.encode("latin-1"),
+            (plan.path if path is None else path).encode("latin-1"),
             headers,
             connection=ex.connection,
             extra=extra,
@@ -397,7 +403,7 @@ class Flight(BodyBuffer, Retrying):
         ]
         return request_head(
             ex.method,
-            plan.path.encode("latin-1"),
+            ex.head.split(b" ", 2)[1],  # the target sent upstream (model path rewritten)
             headers,
             connection=ex.connection,
             extra=extra,

@@ -36,6 +36,16 @@ def model_from_path(path: str) -> str | None:
     return m.group(1) or m.group(3)
 
 
+def path_with_model(target: str, model: str, new_model: str) -> str | None:
+    """``target`` (a path, query kept) with the model segment of a KServe v2 path
+    naming ``model`` replaced by ``new_model``; None when it names another model
+    or is no KServe path (the caller leaves it as it is)."""
+    prefix = f"/v2/models/{model}"
+    if not target.startswith(prefix) or target[len(prefix) : len(prefix) + 1] not in ("", "/", "?"):
+        return None
+    return f"/v2/models/{new_model}{target[len(prefix) :]}"
+
+
 class ScanState(enum.Enum):
     NEED_MORE = "need_more"
     FOUND = "found"

@@ -2,7 +2,8 @@
 
 Through real sidecars (mTLS): the client asks for model ``chat``; the pool serves
 weighted target models; the request the upstream reads names the target in its
-``"model"`` field, with a correct Content-Length (or chunked framing), and the
+``"model"`` field (or its KServe v2 path), with a correct Content-Length (or
+chunked framing), and the
 same rewritten body goes to a mirror (the buffer a retry would replay). A body
 whose model lies past the 64 KiB peek passes through untouched. The weighted
 split is checked against the reference workload's chat server
@@ -122,6 +123,19 @@ async def test_upstream_reads_the_target_model_with_a_corrected_length(
         )
         assert r.status_code == 200
         assert gpu.requests[-1][2] == other
+
+
+async def test_kserve_path_names_the_target_model(tpki: Pki, tmp_path: Path) -> None:
+    gpu = Replica("gpu", {"app": "vllm"})
+    async with mesh_of(tpki, tmp_path, [gpu], ONE_TARGET) as mesh, mesh.client() as client:
+        for path in ("/v2/models/chat/infer?trace=1", "/v2/models/other/infer"):
+            r = await asyncio.wait_for(client.post(path, headers=HOST, content=b"{}"), T)
+            assert r.status_code == 200
+        lines = [line for line, _, _ in gpu.requests]
+        assert lines == [
+            b"POST /v2/models/chat-lora-b/infer?trace=1 HTTP/1.1",
+            b"POST /v2/models/other/infer HTTP/1.1",  # no InferenceModel: as it was
+        ]
 
 
 async def test_chunked_body_split_inside_the_model_value_is_rewritten(

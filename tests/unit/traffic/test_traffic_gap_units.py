@@ -19,7 +19,12 @@ from meshlet.traffic.cluster import ClusterState
 from meshlet.traffic.inference import SlotQueue, free_slots
 from meshlet.traffic.loader import build_routing
 from meshlet.traffic.match import RequestAttributes
-from meshlet.traffic.model_name import ModelFieldScanner, ScanState, rewrite_model
+from meshlet.traffic.model_name import (
+    ModelFieldScanner,
+    ScanState,
+    path_with_model,
+    rewrite_model,
+)
 from meshlet.traffic.router import Router
 
 CRIT, STD, SHED = Criticality.CRITICAL, Criticality.STANDARD, Criticality.SHEDDABLE
@@ -78,6 +83,21 @@ def test_no_span_when_the_model_is_not_found() -> None:
     found = ModelFieldScanner().feed(b'{"prompt": "hi"}', end=True)
     assert found.state is ScanState.ABSENT
     assert found.span is None
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/v2/models/chat/infer", "/v2/models/chat-v2/infer"),
+        ("/v2/models/chat/versions/3/infer?x=1", "/v2/models/chat-v2/versions/3/infer?x=1"),
+        ("/v2/models/chat", "/v2/models/chat-v2"),
+        ("/v2/models/chat?q", "/v2/models/chat-v2?q"),
+        ("/v2/models/chatty/infer", None),
+        ("/v1/chat/completions", None),
+    ],
+)
+def test_kserve_path_gets_the_target_model(target: str, expected: str | None) -> None:
+    assert path_with_model(target, "chat", "chat-v2") == expected
 
 
 # -- the wait line -------------------------------------------------------------
