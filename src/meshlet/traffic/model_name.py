@@ -16,6 +16,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 DEFAULT_PEEK_BYTES = 64 * 1024
 
@@ -36,6 +37,10 @@ def model_from_path(path: str) -> str | None:
     return m.group(1) or m.group(3)
 
 
+# RFC 3986 pchar besides unreserved and pct-encoded: kept as they are in a segment.
+_PCHAR = "!$&'()*+,;=:@"
+
+
 def path_with_model(target: str, model: str, new_model: str) -> str | None:
     """``target`` (a path, query kept) with the model segment of a KServe v2 path
     naming ``model`` replaced by ``new_model``; None when it names another model
@@ -43,7 +48,8 @@ def path_with_model(target: str, model: str, new_model: str) -> str | None:
     prefix = f"/v2/models/{model}"
     if not target.startswith(prefix) or target[len(prefix) : len(prefix) + 1] not in ("", "/", "?"):
         return None
-    return f"/v2/models/{new_model}{target[len(prefix) :]}"
+    segment = quote(new_model, safe=_PCHAR)  # a name is config, a path has a grammar
+    return f"/v2/models/{segment}{target[len(prefix) :]}"
 
 
 class ScanState(enum.Enum):

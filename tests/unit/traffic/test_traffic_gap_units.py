@@ -100,6 +100,10 @@ def test_kserve_path_gets_the_target_model(target: str, expected: str | None) ->
     assert path_with_model(target, "chat", "chat-v2") == expected
 
 
+def test_kserve_path_target_is_percent_encoded_as_a_segment() -> None:
+    assert path_with_model("/v2/models/m/infer", "m", "a b/c:d") == "/v2/models/a%20b%2Fc:d/infer"
+
+
 # -- the wait line -------------------------------------------------------------
 
 
