@@ -4,7 +4,7 @@ When it is serving it prints one JSON line on standard output::
 
     {"event": "ready", "listen": "127.0.0.1:15012",
      "spiffe_id": "spiffe://example.org/ns/meshlet-system/sa/control",
-     "config_digest": "3f2a..."}
+     "config_digest": "3f2a...", "audit": "ca/control/audit.jsonl"}
 
 so supervisors and tests learn the bound port (``--listen 127.0.0.1:0``)
 without guessing. SIGTERM or SIGINT stops it; proxies keep serving on their

@@ -16,6 +16,11 @@ Endpoints (JSON bodies; docs/control.md has the exact shapes):
 - ``GET /v1/status`` — config digest, last refused change, and every proxy's
   sent/acked versions and last NACK.
 
+Security events (SVIDs issued, renewed or refused, join tokens spent or
+refused, config changes accepted or refused, a caller acting as another
+workload) also go to the control plane's own hash-chained audit log
+(``control/auditing.py``).
+
 A long poll (not a stream) is the simplest thing that pushes fast: a change
 sets one asyncio.Event that every held watch waits on, so all of them answer in
 the same loop iteration, and each proxy's next poll is its resubscription.
