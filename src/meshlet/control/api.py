@@ -28,25 +28,14 @@ def identity(server: ControlServer, request: ApiRequest) -> ApiResponse:
     if not isinstance(csr, str):
         raise ValueError("'csr' (PEM text) is required")
     token = body.get("token")
-    now = server.clock.wall()
+    token = token if isinstance(token, str) else None
     peer = request.peer.spiffe_id if request.peer is not None else None
-    credential = "token" if isinstance(token, str) else "svid" if peer else "none"
+    credential = "token" if token is not None else "svid" if peer else "none"
+    now = server.clock.wall()
     proven: SpiffeId | None = None
     try:
-        if isinstance(token, str):
-            try:
-                claims = server.ca.verify_join_token(token, now=now, ledger=server.ledger)
-            except IdentityError as exc:
-                server.audit.token_refused(reason=str(exc))
-                raise
-            record_used(server.ledger_path, claims.token_id, claims.expires_at)
-            proven = claims.spiffe_id
-            server.audit.token_burned(
-                token_id=claims.token_id, spiffe_id=str(proven), expires_at=claims.expires_at
-            )
-        elif peer is not None:
-            proven = SpiffeId.parse(peer)
-        else:
+        proven = _proven(server, token, peer, now=now)
+        if proven is None:
             server.audit.svid_refused(reason="no credential", credential=credential, proven_id=None)
             return ApiResponse.error(401, "send a join token or present your current SVID")
         kwargs = {} if server.svid_ttl_s is None else {"ttl_s": server.svid_ttl_s}
@@ -57,13 +46,10 @@ def identity(server: ControlServer, request: ApiRequest) -> ApiResponse:
             reason=str(exc), credential=credential, proven_id=str(proven) if proven else None
         )
         return ApiResponse.error(403, str(exc))
-    logger.info(
-        "svid_issued",
-        extra={"spiffe_id": str(proven), "renewal": token is None},
-    )
+    logger.info("svid_issued", extra={"spiffe_id": str(proven), "renewal": token is None})
     server.audit.svid_issued(
         spiffe_id=str(issued.spiffe_id),
-        renewal=not isinstance(token, str),
+        renewal=token is None,
         serial=_serial(issued.cert_chain_pem),
         not_after=issued.not_after,
         peer=peer,
@@ -77,6 +63,26 @@ def identity(server: ControlServer, request: ApiRequest) -> ApiResponse:
             "not_after": issued.not_after,
         },
     )
+
+
+def _proven(
+    server: ControlServer, token: str | None, peer: str | None, *, now: float
+) -> SpiffeId | None:
+    """The identity the caller's credential proves: a join token (verified,
+    burned and recorded) or else its current SVID; None without either.
+    IdentityError when the token is refused."""
+    if token is None:
+        return SpiffeId.parse(peer) if peer is not None else None
+    try:
+        claims = server.ca.verify_join_token(token, now=now, ledger=server.ledger)
+    except IdentityError as exc:
+        server.audit.token_refused(reason=str(exc))
+        raise
+    record_used(server.ledger_path, claims.token_id, claims.expires_at)
+    server.audit.token_burned(
+        token_id=claims.token_id, spiffe_id=str(claims.spiffe_id), expires_at=claims.expires_at
+    )
+    return claims.spiffe_id
 
 
 def _serial(chain_pem: bytes) -> str:
