@@ -47,10 +47,6 @@ class TcpChange:
     bound: tuple[tuple[str, socket.socket], ...]
     removed: tuple[str, ...]
 
-    @property
-    def empty(self) -> bool:
-        return not self.bound and not self.removed
-
 
 @dataclass(slots=True, kw_only=True)
 class _Open:
