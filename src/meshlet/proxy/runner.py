@@ -92,6 +92,7 @@ async def serve(
     listen_socks = {k: v for k, v in (sockets or {}).items() if k != "admin"}
     await server.start(listen_socks or None)
     admin = await _start_admin(config, server, metrics, clock, worker, sockets)
+    preload_connect_path()
     freeze_startup_heap()
     trim_heap()  # start-up garbage back to the OS before the idle RSS is judged
     _announce(worker, server, admin)
@@ -115,6 +116,19 @@ async def serve(
             access_log.close()
     logger.info("stopped")
     return 0
+
+
+def preload_connect_path() -> None:
+    """Import now what the first upstream connection would import mid-request.
+
+    uvloop's ``sock_connect`` passes the host through the ``idna`` codec, whose
+    first use imports ``encodings.idna``, ``stringprep`` and ``unicodedata``:
+    1.5 ms on a quiet machine, 12-34 ms measured on a loaded one, paid by the
+    first request of each sidecar (both sides: the outbound's mTLS pool and the
+    inbound's app pool), which is the cold start that ``meshlet bench`` times.
+    Done before the heap is frozen, so the modules join the frozen generation.
+    """
+    "127.0.0.1".encode("idna")
 
 
 def _open_access_log(config: BootstrapConfig, clock: Clock) -> AccessLog | None:
