@@ -156,11 +156,20 @@ def outbound_bootstrap(
 
 @dataclass
 class ProxyProcess:
-    """A ``meshlet proxy`` subprocess; ``ready`` holds each worker's ready line."""
+    """A ``meshlet proxy`` subprocess; ``ready`` holds each worker's ready line.
+
+    It leads its own process group, so ``kill`` also reaches the workers it
+    forked: a worker that outlived a killed parent would hold the stdout and
+    stderr pipes open, and closing the test's event loop would then hang."""
 
     process: asyncio.subprocess.Process
     ready: list[dict[str, Any]]
     stderr_lines: list[str] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """SIGKILL the proxy and every worker it forked."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def address(self, name: str, worker: int = 0) -> tuple[str, int]:
         line = next(r for r in self.ready if r["worker"] == worker)
@@ -173,7 +182,7 @@ class ProxyProcess:
         try:
             return await asyncio.wait_for(self.process.wait(), timeout=timeout_s)
         except TimeoutError:
-            self.process.kill()
+            self.kill()
             await self.process.wait()
             raise
 
@@ -197,6 +206,7 @@ async def start_proxy(config_path: Path, *, workers: int = 1) -> ProxyProcess:
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=str(REPO),
+        start_new_session=True,  # its own process group, workers included (see ProxyProcess)
     )
     ready: list[dict[str, Any]] = []
     handle = ProxyProcess(process=proc, ready=ready)
@@ -211,9 +221,8 @@ async def start_proxy(config_path: Path, *, workers: int = 1) -> ProxyProcess:
                 if isinstance(event, dict) and event.get("event") == "ready":
                     ready.append(event)
     except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        handle.kill()
+        await proc.wait()
         raise
     return handle
 
@@ -224,9 +233,8 @@ async def running_proxy(config_path: Path, *, workers: int = 1) -> AsyncIterator
     try:
         yield proxy
     finally:
-        if proxy.process.returncode is None:
-            proxy.process.kill()
-            await proxy.process.wait()
+        proxy.kill()  # workers too, even when the parent has already exited
+        await proxy.process.wait()
 
 
 def python_executable() -> str:
