@@ -20,7 +20,7 @@ from tests.support.apps import EchoApp, echo_app
 from tests.support.http import http_get
 from tests.support.pki import client_context, issue, make_ca, spiffe
 from tests.support.processes import identity_block, running_proxy, write_bootstrap
-from tests.support.waiting import STEP_TIMEOUT_S, wait_until
+from tests.support.waiting import STEP_TIMEOUT_S, eventually, wait_until
 
 from meshlet.config.bootstrap import IdentityFiles
 
@@ -104,7 +104,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> 
     files = issue(ca, tmp_path / "id", WORKLOAD_ID)
     async with echo_app() as app:
         # First start learns the inbound port; the outbound then loops back to it.
-        base = _config(files, app)
+        # The slow request (4 s) outlasts the wait for /ready to turn 503 on a
+        # loaded machine; the drain allows it 20 s.
+        base = _config(files, app, timeouts={"drain_s": 20.0})
         path = write_bootstrap(tmp_path / "proxy.yaml", base)
         async with running_proxy(path) as probe:
             inbound_port = probe.address("inbound")[1]
@@ -114,22 +116,20 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> 
         async with running_proxy(path) as proxy:
             outbound = proxy.address("outbound")
             slow = asyncio.create_task(
-                http_get(*outbound, "/slow?ms=1500", headers={"host": "inference"})
+                http_get(*outbound, "/slow?ms=4000", headers={"host": "inference"}, timeout_s=30)
             )
             # Wait until the app holds the request, then ask the proxy to stop.
             await wait_until(lambda: bool(app.headers_seen))
             proxy.process.send_signal(signal.SIGTERM)
-            ready = 200
-            for _ in range(50):  # the admin stays up while draining, answering 503
-                ready = (await http_get(*proxy.address("admin"), "/ready"))[0]
-                if ready == 503:
-                    break
-                await asyncio.sleep(0.02)
-            assert ready == 503
+
+            async def not_ready() -> bool:  # the admin stays up while draining, answering 503
+                return (await http_get(*proxy.address("admin"), "/ready"))[0] == 503
+
+            await eventually(not_ready)
             assert not slow.done()
             status, _, body = await slow
             assert status == 200, body
-            assert json.loads(body)["path"] == "/slow?ms=1500"
+            assert json.loads(body)["path"] == "/slow?ms=4000"
             assert await asyncio.wait_for(proxy.process.wait(), STEP_TIMEOUT_S) == 0
         with pytest.raises(ConnectionRefusedError):
             await http_get(*outbound, "/", headers={"host": "inference"})
@@ -145,12 +145,12 @@ async def test_drain_deadline_cuts_requests_that_take_too_long(tmp_path: Path) -
         async with running_proxy(path) as proxy:
             inbound = proxy.address("inbound")
             slow = asyncio.create_task(
-                http_get(*inbound, "/slow?ms=5000", ssl_ctx=client_context(client))
+                http_get(*inbound, "/slow?ms=10000", ssl_ctx=client_context(client))
             )
             await wait_until(lambda: bool(app.headers_seen))
             started = asyncio.get_running_loop().time()
             assert await proxy.stop() == 0
-            assert asyncio.get_running_loop().time() - started < 3.0  # not the 5 s request
+            assert asyncio.get_running_loop().time() - started < 6.0  # not the 10 s request
             with pytest.raises((ConnectionError, ssl.SSLError, ValueError, IndexError)):
                 await slow  # cut: no complete response
 
