@@ -20,6 +20,7 @@ from tests.support.sidecars import (
     start_pair,
     stop_pair,
 )
+from tests.support.waiting import wait_until
 
 from meshlet.clock import MonotonicClock
 from meshlet.config.bootstrap import (
@@ -91,10 +92,7 @@ async def test_opaque_tcp_service_both_ways(pki: Pki, echo_port: int) -> None:
         echoed = await asyncio.wait_for(reader.readexactly(len(payload)), T)
         assert echoed == payload
         writer.close()
-        for _ in range(100):  # the close travels both hops
-            if in_metrics.tcp_totals().get("closed"):
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: bool(in_metrics.tcp_totals().get("closed")))  # both hops
         assert in_metrics.tcp_totals()["opened"] == 1
     finally:
         await outbound.close()
@@ -130,7 +128,7 @@ async def test_permissive_silent_client_is_dropped_after_header_timeout(pki: Pki
         loop = asyncio.get_running_loop()
         start = loop.time()
         assert await asyncio.wait_for(reader.read(), T) == b""
-        assert loop.time() - start < 3.0
+        assert loop.time() - start < 5.0  # the 0.3 s head timeout, not the 30 s idle one
         writer.close()
     finally:
         await stop_pair(pair)
