@@ -19,6 +19,11 @@ pytestmark = pytest.mark.integration
 T = 10.0
 # Every bootstrap timeout long: the sweep runs once a second (its upper clamp).
 SLOW_SWEEP = Timeouts(connect_s=10.0, header_read_s=10.0, idle_s=30.0, upstream_response_s=10.0)
+# How late an answer may be. A sweep-driven timeout lands anywhere up to 1 s late,
+# so each request alone has about even odds of catching that; several requests
+# per test do. An own timer is late only by a loaded machine's scheduling delay,
+# which a tighter bound (the former 150 ms) turned into a flaky CI failure.
+LATE_S = 0.5
 
 
 def _route(timeout: str | None, per_try: str | None = None) -> str:
@@ -48,19 +53,20 @@ async def _timed_get(url: str) -> tuple[int, bytes, float]:
 async def test_300ms_route_timeout_answers_504_on_time(tpki: Pki, tmp_path: Path) -> None:
     hang = Replica("hang", {}, hang=True)
     async with mesh_of(tpki, tmp_path, [hang], _route("300ms"), timeouts=SLOW_SWEEP) as mesh:
-        for _ in range(3):  # bounded: three requests, each must be on time
+        for _ in range(5):  # bounded: five requests, each must be on time
             status, error, took = await _timed_get(mesh.url)
             assert (status, error) == (504, b"upstream_timeout"), (status, error)
-            assert 0.29 <= took <= 0.45, took
+            assert 0.29 <= took <= LATE_S + 0.3, took
 
 
 async def test_per_try_timeout_answers_on_time(tpki: Pki, tmp_path: Path) -> None:
     hang = Replica("hang", {}, hang=True)
     routing = _route(None, per_try="250ms")
     async with mesh_of(tpki, tmp_path, [hang], routing, timeouts=SLOW_SWEEP) as mesh:
-        status, _, took = await _timed_get(mesh.url)
-        assert status == 504
-        assert 0.24 <= took <= 0.40, took
+        for _ in range(3):
+            status, _, took = await _timed_get(mesh.url)
+            assert status == 504
+            assert 0.24 <= took <= LATE_S + 0.25, took
 
 
 async def test_timeout_added_by_apply_config_is_on_time(tpki: Pki, tmp_path: Path) -> None:
@@ -75,6 +81,7 @@ async def test_timeout_added_by_apply_config_is_on_time(tpki: Pki, tmp_path: Pat
                 old, outbound=dataclasses.replace(old.outbound, routing=(new_routes,))
             )
         )
-        status, _, took = await _timed_get(mesh.url)
-        assert status == 504
-        assert 0.29 <= took <= 0.45, took
+        for _ in range(3):
+            status, _, took = await _timed_get(mesh.url)
+            assert status == 504
+            assert 0.29 <= took <= LATE_S + 0.3, took
