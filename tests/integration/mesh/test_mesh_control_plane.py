@@ -95,6 +95,11 @@ def _status(runner: MeshRunner) -> dict:  # type: ignore[type-arg]
     return data
 
 
+def _all_in_sync(runner: MeshRunner) -> bool:
+    """Every sidecar has acknowledged the control plane's current snapshot."""
+    return all(p["in_sync"] for p in _status(runner)["proxies"])
+
+
 async def test_live_config_invalid_change_and_control_plane_crash(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(MESH)
     config = dataclasses.replace(load_mesh(tmp_path / "mesh.yaml"), control_plane=True)
@@ -111,7 +116,9 @@ async def test_live_config_invalid_change_and_control_plane_crash(tmp_path: Path
         # 1. A config change reaches the sidecars while requests flow.
         mark = len(load.seen)
         (tmp_path / "deny-live.yaml").write_text(DENY_LIVE)
-        await load.until(lambda: load.last("live") == 403, 30)
+        # Until both inference replicas run it: one answering 403 says nothing about
+        # the other (its 200 would then end the window and break the checks below).
+        await load.until(lambda: load.last("live") == 403 and _all_in_sync(runner), 30)
         await load.for_s(0.5)
         window = load.since(mark)
         assert set(window) <= {("live", 200), ("live", 403), ("ready", 200)}, window
