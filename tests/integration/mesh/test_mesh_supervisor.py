@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import pytest
 from tests.support.processes import gone
+from tests.support.waiting import STEP_TIMEOUT_S, wait_until
 
 from meshlet.config.mesh import Restart
 from meshlet.errors import ConfigError
@@ -89,16 +91,14 @@ async def test_stop_leaves_no_orphans_even_when_sigterm_is_ignored(tmp_path: Pat
         on_event=lambda _m: None,
     )
     await p.spawn()
-    await asyncio.wait_for(got_line.wait(), 10)
+    await asyncio.wait_for(got_line.wait(), STEP_TIMEOUT_S)  # a Python start on a loaded machine
     child = int(lines[0].split()[1])
     leader = p.pid
     assert leader is not None
     assert not gone(child)
     await asyncio.wait_for(p.stop(grace_s=0.3), 10)
-    for _ in range(250):  # up to 5 s for the kernel to finish the kills
-        if gone(child) and gone(leader):
-            break
-        await asyncio.sleep(0.02)
+    with contextlib.suppress(AssertionError):  # bounded wait for the kernel to finish the kills
+        await wait_until(lambda: gone(child) and gone(leader))
     assert gone(child), "the grandchild survived"
     assert gone(leader)
 

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from tests.support.apps import Answer, http_server
+from tests.support.waiting import wait_until
 
 from meshlet.clock import ManualClock
 from meshlet.config.bootstrap import (
@@ -95,10 +96,9 @@ async def test_failed_jwks_fetch_is_retried_in_background(tmp_path: Path) -> Non
         assert jwks.hits == 1
         clock.advance(JWKS_RETRY_S + 1)
         gate.check(request(clock))  # schedules the retry, answers from what it has
-        for _ in range(500):
-            if gate.authenticator.jwks_uris and jwks.hits == 2 and not gate._refreshing:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: bool(gate.authenticator.jwks_uris) and jwks.hits == 2 and not gate._refreshing
+        )
         assert jwks.hits == 2
         assert (await verdict_of(gate.check(request(clock)))).allowed
     finally:
