@@ -13,9 +13,8 @@ Listeners own their accept loop (``loop.sock_accept``) instead of
 peek at the first byte (0x16 = TLS handshake record, RFC 8446 §5.1) before
 choosing TLS or plaintext.
 
-Half-close: an EOF is passed on where the other leg can carry it (plaintext
-``write_eof``) and the other direction keeps flowing; a TLS leg cannot
-half-close in asyncio, so there an EOF ends the whole connection.
+The byte copy, its half-close rules and the stream helpers are in
+``proxy/splice.py``.
 Byte counts reach ``istio_tcp_*`` every 15 s while a connection is open and
 when it closes.
 """
@@ -23,97 +22,36 @@ when it closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from meshlet.config.bootstrap import Address, MtlsMode, ServiceConfig, Timeouts
 from meshlet.proxy.hooks import InboundGate, RequestInfo
+from meshlet.proxy.splice import (
+    CHUNK_BYTES,
+    LiveSplice,
+    Splice,
+    TcpLabels,
+    close_stream,
+    connect_address,
+    wait_first_byte,
+    wrap_streams,
+)
 from meshlet.proxy.tls import LoadedIdentity, handshake_failure_reason, peer_spiffe_id
 from meshlet.telemetry.metrics import GoldenMetrics
 
+__all__ = ["REPORT_INTERVAL_S", "IdentitySource", "TcpInboundListener", "TcpOutboundListener"]
+
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 64 * 1024  # one read; also the most a direction buffers in the proxy
-# TLS handshakes between sidecars take ~1 ms on loopback; 10 s (Envoy's
-# transport_socket_connect_timeout default) only bounds stuck peers.
-HANDSHAKE_TIMEOUT_S = 10.0
 _TLS_HANDSHAKE_BYTE = 0x16
 # Istio's tcp_reporting_duration default: bytes of open connections every 15 s.
 REPORT_INTERVAL_S = 15.0
 
 IdentitySource = Callable[[], LoadedIdentity]
-
-
-class _Splice:
-    """Copies bytes between two stream pairs until both directions end.
-
-    An EOF is forwarded where the receiving leg can half-close (plaintext); then
-    the other direction keeps flowing. Where it cannot (TLS in asyncio), the
-    whole splice ends: the peer closed, and waiting for the other side to notice
-    on its own would hold the connection for ``idle_s``. ``idle_s`` counts
-    silence in *both* directions, so a long one-way stream is not cut.
-    """
-
-    __slots__ = ("_idle_s", "_last", "received", "sent")
-
-    def __init__(self, idle_s: float) -> None:
-        self._idle_s = idle_s
-        self._last = 0.0
-        self.received = 0  # downstream -> upstream (Istio: request direction)
-        self.sent = 0  # upstream -> downstream (response direction)
-
-    async def run(
-        self,
-        down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    ) -> None:
-        self._last = asyncio.get_running_loop().time()
-        forward = asyncio.create_task(self._pump(down[0], up[1], upstream=True))
-        backward = asyncio.create_task(self._pump(up[0], down[1], upstream=False))
-        pending: set[asyncio.Task[bool]] = {forward, backward}
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is not None or not task.result():
-                        return
-        finally:
-            for task in (forward, backward):
-                task.cancel()
-            await asyncio.gather(forward, backward, return_exceptions=True)
-
-    async def _read(self, reader: asyncio.StreamReader) -> bytes:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                return await asyncio.wait_for(reader.read(CHUNK_BYTES), timeout=self._idle_s)
-            except TimeoutError:
-                if loop.time() - self._last >= self._idle_s:
-                    raise
-
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
-    ) -> bool:
-        """Copy until EOF; True when the EOF could be passed on (half-close)."""
-        loop = asyncio.get_running_loop()
-        while data := await self._read(reader):
-            self._last = loop.time()
-            if upstream:
-                self.received += len(data)
-            else:
-                self.sent += len(data)
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write_eof()
-                return True
-        return False
 
 
 class _TcpListener:
@@ -129,7 +67,7 @@ class _TcpListener:
     ) -> None:
         self._report_interval_s = report_interval_s
         self._reporting: asyncio.Task[None] | None = None
-        self._live: set[_Live] = set()
+        self._live: set[LiveSplice] = set()
         sock.setblocking(False)
         self._sock = sock
         host, port = sock.getsockname()[:2]
@@ -163,7 +101,7 @@ class _TcpListener:
 
     async def _run_splice(
         self,
-        labels: _Labels,
+        labels: TcpLabels,
         down: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> None:
@@ -174,13 +112,13 @@ class _TcpListener:
             "destination_service": labels.destination_service,
         }
         self._metrics.tcp_opened(**common, mtls=labels.mtls)
-        live = _Live(_Splice(self._timeouts.idle_s), labels)
+        live = LiveSplice(Splice(self._timeouts.idle_s), labels)
         self._live.add(live)
         try:
             await live.splice.run(down, up)
         finally:
             self._live.discard(live)
-            await _close(up[1])
+            await close_stream(up[1])
             live.report(self._metrics)
             self._metrics.tcp_closed(**common, mtls=labels.mtls)
 
@@ -213,7 +151,7 @@ class _TcpListener:
         self, conn: socket.socket, *, ssl_ctx: ssl.SSLContext | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Hand an accepted socket to a transport (doing the TLS handshake)."""
-        streams = await _streams(conn, ssl_ctx=ssl_ctx, server_side=True)
+        streams = await wrap_streams(conn, ssl_ctx=ssl_ctx, server_side=True)
         self._adopted.add(conn)
         return streams
 
@@ -244,49 +182,6 @@ class _TcpListener:
         self._sock.close()
 
 
-async def _streams(
-    conn: socket.socket, *, ssl_ctx: ssl.SSLContext | None, server_side: bool
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Wrap an already-connected socket in streams, doing the TLS handshake."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=CHUNK_BYTES, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    if server_side:
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol,
-            conn,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ssl_ctx else None,
-        )
-    else:
-        transport, _ = await loop.create_connection(
-            lambda: protocol,
-            sock=conn,
-            ssl=ssl_ctx,
-            server_hostname="" if ssl_ctx else None,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ssl_ctx else None,
-        )
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
-
-async def _wait_first_byte(conn: socket.socket, timeout_s: float) -> int | None:
-    """Peek at the first byte without consuming it; None if the peer closed."""
-    loop = asyncio.get_running_loop()
-    readable: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not readable.done():
-            readable.set_result(None)
-
-    loop.add_reader(conn.fileno(), wake)
-    try:
-        await asyncio.wait_for(readable, timeout=timeout_s)
-    finally:
-        loop.remove_reader(conn.fileno())
-    first = conn.recv(1, socket.MSG_PEEK)
-    return first[0] if first else None
-
-
 class TcpInboundListener(_TcpListener):
     """Terminates mTLS from peers and splices to the local app."""
 
@@ -315,7 +210,7 @@ class TcpInboundListener(_TcpListener):
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         use_tls = self._mtls is MtlsMode.STRICT
         if self._mtls is MtlsMode.PERMISSIVE:
-            first = await _wait_first_byte(conn, self._timeouts.header_read_s)
+            first = await wait_first_byte(conn, self._timeouts.header_read_s)
             if first is None:
                 return
             use_tls = first == _TLS_HANDSHAKE_BYTE
@@ -329,7 +224,7 @@ class TcpInboundListener(_TcpListener):
         try:
             await self._serve(down, peer, identity, use_tls)
         finally:
-            await _close(down[1])
+            await close_stream(down[1])
 
     async def _serve(
         self,
@@ -354,7 +249,7 @@ class TcpInboundListener(_TcpListener):
                 logger.info("tcp_connection_denied", extra={"peer": principal,
                                                             "reason": verdict.reason})  # fmt: skip
                 return
-        labels = _Labels(
+        labels = TcpLabels(
             reporter="destination",
             source_principal=principal or "",
             destination_principal=identity.spiffe_id,
@@ -407,9 +302,9 @@ class TcpOutboundListener(_TcpListener):
         try:
             down = await self._wrap(conn, ssl_ctx=None)
         except BaseException:
-            await _close(streams[1])
+            await close_stream(streams[1])
             raise
-        labels = _Labels(
+        labels = TcpLabels(
             reporter="source",
             source_principal=identity.spiffe_id,
             destination_principal=expected,
@@ -419,7 +314,7 @@ class TcpOutboundListener(_TcpListener):
         try:
             await self._run_splice(labels, down, streams)
         finally:
-            await _close(down[1])
+            await close_stream(down[1])
 
     async def _connect_upstream(
         self,
@@ -432,14 +327,14 @@ class TcpOutboundListener(_TcpListener):
             identity = self._identity()
             try:
                 sock = await asyncio.wait_for(
-                    _connect(endpoint.address), timeout=self._timeouts.connect_s
+                    connect_address(endpoint.address), timeout=self._timeouts.connect_s
                 )
             except (OSError, TimeoutError) as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
                 self._metrics.upstream_error(kind)
                 continue
             try:
-                streams = await _streams(sock, ssl_ctx=identity.client, server_side=False)
+                streams = await wrap_streams(sock, ssl_ctx=identity.client, server_side=False)
             except (ssl.SSLError, OSError, TimeoutError) as exc:
                 sock.close()
                 self._metrics.tls_handshake_failure(handshake_failure_reason(exc))
@@ -449,73 +344,7 @@ class TcpOutboundListener(_TcpListener):
                 logger.warning("upstream_identity_mismatch",
                                extra={"expected": endpoint.identity, "got": got})  # fmt: skip
                 self._metrics.tls_handshake_failure("wrong_identity")
-                await _close(streams[1])
+                await close_stream(streams[1])
                 continue
             return streams, endpoint.identity, identity
         return None
-
-
-async def _connect(address: Address) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, sockaddr)
-    except BaseException:
-        sock.close()
-        raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-# A TLS close waits for the peer's close_notify at most this long.
-_CLOSE_TIMEOUT_S = 1.0
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    """Close a stream and wait for its transport to finish closing (bounded)."""
-    writer.close()
-    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-        await asyncio.wait_for(writer.wait_closed(), timeout=_CLOSE_TIMEOUT_S)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Labels:
-    """The istio_tcp_* labels of one connection."""
-
-    reporter: str
-    source_principal: str
-    destination_principal: str
-    destination_service: str
-    mtls: bool
-
-
-class _Live:
-    """A spliced connection's labels and the bytes already reported for it."""
-
-    __slots__ = ("labels", "reported_received", "reported_sent", "splice")
-
-    def __init__(self, splice: _Splice, labels: _Labels) -> None:
-        self.splice = splice
-        self.labels = labels
-        self.reported_sent = 0
-        self.reported_received = 0
-
-    def report(self, metrics: GoldenMetrics) -> None:
-        """Add the bytes moved since the last report to istio_tcp_*_bytes_total."""
-        sent, received = self.splice.sent, self.splice.received
-        if sent == self.reported_sent and received == self.reported_received:
-            return
-        labels = self.labels
-        metrics.tcp_bytes(
-            sent - self.reported_sent,
-            received - self.reported_received,
-            reporter=labels.reporter,
-            source_principal=labels.source_principal,
-            destination_principal=labels.destination_principal,
-            destination_service=labels.destination_service,
-            mtls=labels.mtls,
-        )
-        self.reported_sent, self.reported_received = sent, received
