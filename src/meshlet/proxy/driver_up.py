@@ -6,7 +6,7 @@ response would hold up the next). The response head is rewritten and written
 downstream as soon as it is parsed, and every body piece is written downstream
 as it arrives, so streamed responses (SSE, token streams) reach the client
 chunk by chunk. Deadlines are fields checked by the listener's sweep, never a
-timer per request.
+timer per request. The response parser callbacks are in ``proxy/response_head.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from meshlet.errors import UpstreamReset, UpstreamTimeout
 from meshlet.proxy import rescue as rescues
 from meshlet.proxy.driver_down import PAUSE_BACKPRESSURE, PAUSE_PENDING
 from meshlet.proxy.exchange import CHUNKED, NO_BODY, Exchange, Listener
-from meshlet.proxy.heads import response_head
+from meshlet.proxy.response_head import LAST_CHUNK, ResponseReader
 
 if TYPE_CHECKING:
     from meshlet.proxy.driver_down import DownstreamConnection
@@ -28,10 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["UpstreamConnection"]
 
-_LAST_CHUNK = b"0\r\n\r\n"
 
-
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(ResponseReader, asyncio.Protocol):
     __slots__ = (
         "chunked_down",
         "closed",
@@ -144,7 +142,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.status >= 200 and self.until_close:
             # A close-delimited body (RFC 9112 §6.3 rule 8) ends here.
             if self.chunked_down:
-                ex.conn.write(_LAST_CHUNK)
+                ex.conn.write(LAST_CHUNK)
             ex.keep_alive = ex.keep_alive and self.chunked_down
             ex.conn.response_done(ex, upstream_reusable=False)
             return
@@ -215,7 +213,7 @@ class UpstreamConnection(asyncio.Protocol):
                 else:
                     parts.append(body)
             if ex.req_done and self.req_chunked:
-                parts.append(_LAST_CHUNK)
+                parts.append(LAST_CHUNK)
             self._write(b"".join(parts))
         ex.pending_bytes = 0
         ex.conn.resume(PAUSE_PENDING)
@@ -241,137 +239,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def end_body(self) -> None:
         if self.req_chunked:
-            self._write(_LAST_CHUNK)
+            self._write(LAST_CHUNK)
 
     def write_raw(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
-
-    # -- parser callbacks (the response) ---------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
-        self.connection = None
-        self.has_length = False
-        self.upstream_chunked = False
-        self.in_head = True
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            return  # trailer fields are dropped (documented)
-        name = name.lower()
-        if name == b"content-length":
-            self.has_length = True
-        elif name == b"transfer-encoding":
-            self.upstream_chunked = True
-            return
-        elif name == b"connection":
-            self.connection = value if self.connection is None else self.connection + b"," + value
-            return
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        ex = self.ex
-        assert ex is not None, "BUG: response without an exchange"
-        status = self.parser.get_status_code()
-        self.status = status
-        conn = ex.conn
-        if status < 200 and status != 101:
-            # 100 Continue, 103 Early Hints: relayed; the final response follows.
-            # RFC 9110 §15.2: never to an HTTP/1.0 client, which cannot parse them.
-            if ex.version == b"1.0":
-                return
-            conn.write(
-                response_head(
-                    status,
-                    self.reason,
-                    self.headers,
-                    connection=self.connection,
-                    chunked=False,
-                    close=False,
-                )
-            )
-            return
-        if status == 101:
-            if ex.upgrade is None:
-                self.parser = httptools.HttpResponseParser(self)  # unasked-for: refuse below
-                raise UpstreamReset("101 Switching Protocols without an upgrade request")
-            ex.status = 101
-            self.deadline = 0.0
-            conn.write(
-                response_head(
-                    101,
-                    self.reason,
-                    self.headers,
-                    connection=self.connection,
-                    chunked=False,
-                    close=False,
-                    upgrade=ex.upgrade,
-                )
-            )
-            return
-        ex.head_at = self.listener.monotonic()
-        ctl = ex.ctl
-        if ctl is not None and ctl.on_response(ex, self, status):
-            return  # retried: this response is dropped (ctl detached and closed us)
-        no_body = ex.head_only or status == 204 or status == 304
-        self.until_close = not no_body and not self.has_length and not self.upstream_chunked
-        chunked = not no_body and not self.has_length
-        close = not ex.keep_alive or self.listener.draining
-        if chunked and ex.version == b"1.0":
-            chunked = False  # an HTTP/1.0 client reads until close
-            close = True
-        if close:
-            ex.keep_alive = False
-        self.chunked_down = chunked
-        ex.status = status
-        if ctl is None:
-            self.deadline = 0.0
-            self.idle_limit = self.listener.timeouts.idle_s
-        else:  # the route's total timeout and stream idle timeout go on
-            self.deadline = ctl.total_deadline
-            self.idle_limit = ctl.idle_s
-        self.quiet_since = self.listener.now
-        conn.write(
-            response_head(
-                status,
-                self.reason,
-                self.headers,
-                connection=self.connection,
-                chunked=chunked,
-                close=close,
-            )
-        )
-        if ex.head_only:
-            # httptools cannot be told the response to HEAD has no body; finish here
-            # and give the next response a fresh parser.
-            self.reset_parser = True
-            conn.response_done(ex, upstream_reusable=True)
-
-    def on_body(self, body: bytes) -> None:
-        ex = self.ex
-        if ex is None or ex.ended:
-            return
-        ex.resp_bytes += len(body)
-        if self.chunked_down:
-            ex.conn.write(b"%x\r\n%s\r\n" % (len(body), body))
-        else:
-            ex.conn.write(body)
-
-    def on_message_complete(self) -> None:
-        if self.status < 200 or self.status == 101:
-            return  # an informational response; the final one follows
-        ex = self.ex
-        if ex is None or ex.ended:
-            return
-        if self.chunked_down:
-            ex.conn.write(_LAST_CHUNK)
-        ex.conn.response_done(ex, upstream_reusable=self.parser.should_keep_alive())
 
     # -- lifecycle ------------------------------------------------------------
 
