@@ -19,9 +19,11 @@ Endpoints (Envoy's admin paths where Envoy has one):
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -53,7 +55,129 @@ class AdminTarget(Protocol):
     def config_dump(self) -> dict[str, Any]: ...
 
 
-class AdminServer:
+Route = Callable[[], "tuple[int, bytes, bytes] | Awaitable[tuple[int, bytes, bytes]]"]
+
+
+class WorkerAdminSocket(socket.socket):
+    """A ``--workers`` child's private admin listener (a Unix socket only the
+    parent connects to) that knows the public address the parent serves the
+    sidecar's one admin endpoint on, so the worker's ready line names that."""
+
+    advertised: tuple[str, int]
+
+
+class AdminHttp:
+    """The admin HTTP/1.1 server itself; subclasses fill ``routes``."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._advertised: tuple[str, int] | None = None
+        # Set when a drain starts, so /ready fails at once and load balancers and
+        # kubelet stop sending new work while in-flight requests finish.
+        self.draining = False
+        self.routes: dict[bytes, Route] = {}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 15000, *, sock: Any = None) -> None:
+        """Listen on ``host:port``, or on the pre-bound ``sock`` (tests, workers)."""
+        if sock is not None:
+            self._advertised = getattr(sock, "advertised", None)
+            self._server = await asyncio.start_server(self._serve, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._serve, host, port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where clients reach this admin (for a worker: its parent's address)."""
+        if self._advertised is not None:
+            return self._advertised
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("BUG: admin server not started")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- connection handling ------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(
+                        reader.readuntil(b"\r\n\r\n"), timeout=HEAD_TIMEOUT_S
+                    )
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    return
+                except asyncio.LimitOverrunError:
+                    await self._respond(writer, 431, _TEXT, b"head too large\n", close=True)
+                    return
+                if len(head) > MAX_HEAD_BYTES:
+                    await self._respond(writer, 431, _TEXT, b"head too large\n", close=True)
+                    return
+                keep_alive = await self._answer(head, writer)
+                if not keep_alive:
+                    return
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    async def _answer(self, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        request_line, _, header_block = head.partition(b"\r\n")
+        parts = request_line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            await self._respond(writer, 400, _TEXT, b"bad request line\n", close=True)
+            return False
+        method, target, version = parts
+        headers = header_block.lower()
+        if b"content-length:" in headers or b"transfer-encoding:" in headers:
+            # No endpoint takes a body; refusing them keeps framing trivial.
+            await self._respond(writer, 400, _TEXT, b"request bodies not accepted\n", close=True)
+            return False
+        close = version == b"HTTP/1.0" or b"connection: close" in headers
+        path = target.split(b"?", 1)[0]
+        route = self.routes.get(path)
+        if method not in (b"GET", b"HEAD"):
+            status, ctype, body = 405, _TEXT, b"method not allowed\n"
+        elif route is None:
+            status, ctype, body = 404, _TEXT, b"not found\n"
+        else:
+            try:
+                result = route()
+                if inspect.isawaitable(result):
+                    result = await result
+                status, ctype, body = result
+            except Exception:  # an admin bug must not kill the proxy; log it once here
+                logger.exception("admin_endpoint_failed", extra={"path": path.decode()})
+                status, ctype, body = 500, _TEXT, b"internal error\n"
+        await self._respond(writer, status, ctype, body, close=close, head_only=method == b"HEAD")
+        return not close
+
+    async def _respond(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        ctype: bytes,
+        body: bytes,
+        *,
+        close: bool,
+        head_only: bool = False,
+    ) -> None:
+        reason = _REASONS.get(status, b"")
+        head = (
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            b"cache-control: no-cache\r\n%s\r\n"
+            % (status, reason, ctype, len(body), b"connection: close\r\n" if close else b"")
+        )
+        writer.write(head if head_only else head + body)
+        await writer.drain()
+
+
+class AdminServer(AdminHttp):
     """Serves the admin endpoints for one proxy (one worker process)."""
 
     def __init__(
@@ -65,42 +189,21 @@ class AdminServer:
         extra_metrics: Callable[[], bytes] | None = None,
         worker: int = 0,
     ) -> None:
+        super().__init__()
         self._target = target
         self._metrics = metrics
         self._clock = clock
         self._extra = extra_metrics
         self._worker = worker
-        self._server: asyncio.Server | None = None
-        # Set when a drain starts, so /ready fails at once and load balancers and
-        # kubelet stop sending new work while in-flight requests finish.
-        self.draining = False
-        self._routes: dict[bytes, Callable[[], tuple[int, bytes, bytes]]] = {
-            b"/ready": self._ready,
-            b"/live": self._live,
-            b"/stats/prometheus": self._prometheus,
-            b"/config_dump": self._config_dump,
-            b"/certs": self._certs,
-        }
-
-    async def start(self, host: str = "127.0.0.1", port: int = 15000, *, sock: Any = None) -> None:
-        """Listen on ``host:port``, or on the pre-bound ``sock`` (tests, workers)."""
-        if sock is not None:
-            self._server = await asyncio.start_server(self._serve, sock=sock)
-        else:
-            self._server = await asyncio.start_server(self._serve, host, port)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("BUG: admin server not started")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        self.routes.update(
+            {
+                b"/ready": self._ready,
+                b"/live": self._live,
+                b"/stats/prometheus": self._prometheus,
+                b"/config_dump": self._config_dump,
+                b"/certs": self._certs,
+            }
+        )
 
     # -- endpoints ----------------------------------------------------------
 
@@ -146,78 +249,6 @@ class AdminServer:
                 f"meshlet_certificate_expiry_seconds {summary['seconds_to_expiry']}",
             ]
         return ("\n".join(lines) + "\n").encode()
-
-    # -- connection handling ------------------------------------------------
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(
-                        reader.readuntil(b"\r\n\r\n"), timeout=HEAD_TIMEOUT_S
-                    )
-                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                    return
-                except asyncio.LimitOverrunError:
-                    await self._respond(writer, 431, _TEXT, b"head too large\n", close=True)
-                    return
-                if len(head) > MAX_HEAD_BYTES:
-                    await self._respond(writer, 431, _TEXT, b"head too large\n", close=True)
-                    return
-                keep_alive = await self._answer(head, writer)
-                if not keep_alive:
-                    return
-        except ConnectionError:
-            return
-        finally:
-            writer.close()
-
-    async def _answer(self, head: bytes, writer: asyncio.StreamWriter) -> bool:
-        request_line, _, header_block = head.partition(b"\r\n")
-        parts = request_line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            await self._respond(writer, 400, _TEXT, b"bad request line\n", close=True)
-            return False
-        method, target, version = parts
-        headers = header_block.lower()
-        if b"content-length:" in headers or b"transfer-encoding:" in headers:
-            # No endpoint takes a body; refusing them keeps framing trivial.
-            await self._respond(writer, 400, _TEXT, b"request bodies not accepted\n", close=True)
-            return False
-        close = version == b"HTTP/1.0" or b"connection: close" in headers
-        path = target.split(b"?", 1)[0]
-        route = self._routes.get(path)
-        if method not in (b"GET", b"HEAD"):
-            status, ctype, body = 405, _TEXT, b"method not allowed\n"
-        elif route is None:
-            status, ctype, body = 404, _TEXT, b"not found\n"
-        else:
-            try:
-                status, ctype, body = route()
-            except Exception:  # an admin bug must not kill the proxy; log it once here
-                logger.exception("admin_endpoint_failed", extra={"path": path.decode()})
-                status, ctype, body = 500, _TEXT, b"internal error\n"
-        await self._respond(writer, status, ctype, body, close=close, head_only=method == b"HEAD")
-        return not close
-
-    async def _respond(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        ctype: bytes,
-        body: bytes,
-        *,
-        close: bool,
-        head_only: bool = False,
-    ) -> None:
-        reason = _REASONS.get(status, b"")
-        head = (
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
-            b"cache-control: no-cache\r\n%s\r\n"
-            % (status, reason, ctype, len(body), b"connection: close\r\n" if close else b"")
-        )
-        writer.write(head if head_only else head + body)
-        await writer.drain()
 
 
 _REASONS = {

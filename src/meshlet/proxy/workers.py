@@ -6,34 +6,46 @@ then forks. Each worker accepts only on its own socket, so the kernel spreads
 new connections across workers by hashing the 4-tuple instead of waking every
 worker for every connection (the thundering herd of one shared socket).
 
-Admin: each worker runs its own admin server, because metrics live in the
-worker's memory. With ``admin: host:P`` worker *i* listens on ``P + i``; with
-port 0 each worker gets its own ephemeral port. Every worker prints its
-addresses on a JSON "ready" line on standard output.
+Admin: one endpoint for the whole sidecar, on the configured address, served
+by the parent (``workers_admin.py``): it asks each worker's own admin server,
+which listens on a private, autobound abstract Unix socket, and merges the
+answers. Every worker prints a JSON "ready" line on standard output naming the
+shared listeners and that one admin address.
 
-The parent forwards SIGTERM/SIGINT to the workers and waits. If one worker
-dies on its own, the parent stops the others and exits with that worker's
-status, so a supervisor (systemd, kubelet, ``meshlet up``) restarts the whole
-sidecar rather than running with a silent hole in its capacity.
+Memory: before forking, the parent imports what a worker will import and
+freezes the heap (``gc.freeze``), with the collector off from there to the fork,
+so the workers share those pages copy-on-write instead of each importing its
+own copy, and no collection in a worker writes to (and so copies) a page of the
+parent's objects. Figures: ``benchmarks/bench_workers.py``, docs/observability.md.
+
+The parent forwards SIGTERM/SIGINT to the workers and waits (its admin answers
+``/ready`` 503 from then on). If one worker dies on its own, the parent stops
+the others and exits with that worker's status, so a supervisor (systemd,
+kubelet, ``meshlet up``) restarts the whole sidecar rather than running with a
+silent hole in its capacity.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
+import importlib
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
-from types import FrameType
 
 from meshlet.config.bootstrap import Address, BootstrapConfig
+from meshlet.proxy.admin import WorkerAdminSocket
+from meshlet.proxy.workers_admin import WorkerLink, WorkersAdmin
 
 logger = logging.getLogger(__name__)
 
 # What one worker needs: its pre-bound sockets keyed "inbound", "outbound",
-# "tcp:<service>" (opaque outbound services) and "admin".
+# "tcp:<service>" (opaque outbound services) and "admin" (its private listener).
 WorkerSockets = dict[str, socket.socket]
 ServeFn = Callable[[int, WorkerSockets], int]
 
@@ -62,26 +74,38 @@ def bind_reuseport(address: Address, count: int) -> list[socket.socket]:
     return socks
 
 
-def bind_admin(address: Address, count: int) -> list[socket.socket]:
-    """One admin socket per worker: port ``P + i``, or an ephemeral port each."""
-    socks: list[socket.socket] = []
+def bind_admin(address: Address, count: int) -> tuple[socket.socket, list[WorkerAdminSocket]]:
+    """The sidecar's public admin socket (the parent serves it), and one private
+    listener per worker on an autobound abstract Unix address: no file to clean
+    up, no port to pick, and nothing left behind when the processes are gone."""
+    public = socket.create_server((address.host, address.port), reuse_port=False)
+    public.setblocking(False)
+    host, port = public.getsockname()[:2]
+    private: list[WorkerAdminSocket] = []
     try:
-        for i in range(count):
-            port = 0 if address.port == 0 else address.port + i
-            sock = socket.create_server((address.host, port), reuse_port=False)
+        for _ in range(count):
+            sock = WorkerAdminSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+            private.append(sock)
+            sock.bind("")  # Linux autobind: a unique abstract name
+            sock.listen(_LISTEN_BACKLOG)
             sock.setblocking(False)
-            socks.append(sock)
+            sock.advertised = (str(host), int(port))
     except OSError:
-        for sock in socks:
+        public.close()
+        for sock in private:
             sock.close()
         raise
-    return socks
+    return public, private
 
 
-def plan_sockets(config: BootstrapConfig, count: int) -> list[WorkerSockets]:
-    """Bind every listener for ``count`` workers; element *i* is worker *i*'s."""
+def plan_sockets(
+    config: BootstrapConfig, count: int
+) -> tuple[list[WorkerSockets], socket.socket | None]:
+    """Bind every listener for ``count`` workers; element *i* is worker *i*'s.
+    The second value is the public admin socket, for the parent."""
     plan: list[WorkerSockets] = [{} for _ in range(count)]
     listeners: list[tuple[str, list[socket.socket]]] = []
+    public_admin = None
     if config.inbound is not None:
         listeners.append(("inbound", bind_reuseport(config.inbound.listen, count)))
     if config.outbound is not None:
@@ -91,32 +115,80 @@ def plan_sockets(config: BootstrapConfig, count: int) -> list[WorkerSockets]:
                 socks = bind_reuseport(service.listen, count)
                 listeners.append((f"tcp:{service.name}", socks))
     if config.admin is not None:
-        listeners.append(("admin", bind_admin(config.admin, count)))
+        public_admin, private = bind_admin(config.admin, count)
+        listeners.append(("admin", list(private)))
     for name, socks in listeners:
         for i, sock in enumerate(socks):
             plan[i][name] = sock
-    return plan
+    return plan, public_admin
+
+
+def preload(config: BootstrapConfig) -> int:
+    """Import what every worker will import, then freeze the heap; returns the
+    number of objects frozen. Call with the collector disabled (see run_workers)."""
+    modules = list(_PRELOAD)
+    if config.access_log is not None:
+        modules.append("meshlet.telemetry.accesslog")
+    for name in modules:
+        importlib.import_module(name)
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+# What serve() and ProxyServer.start() import lazily in every worker (measured
+# by diffing sys.modules before and after a worker's start-up); the policy and
+# TCP modules come in through proxy.server's own imports when configured.
+_PRELOAD = (
+    "uvloop",
+    "httptools",
+    "meshlet.proxy.server",
+    "meshlet.proxy.reload",
+    "meshlet.proxy.admin",
+    "meshlet.telemetry.metrics",
+)
 
 
 def run_workers(config: BootstrapConfig, count: int, serve: ServeFn) -> int:
     """Fork ``count`` workers running ``serve(i, sockets)``; return the exit status."""
-    plan = plan_sockets(config, count)
-    children: dict[int, int] = {}  # pid -> worker index
-    for index in range(count):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child; tested end to end
-            _child(index, plan, serve)
-        children[pid] = index
+    # No collection between the imports and the fork: a collection would free
+    # objects in the middle of pages the workers are about to share, and the
+    # first allocation into such a hole in a worker copies the page (the
+    # recipe of the gc.freeze documentation).
+    gc.disable()
+    try:
+        frozen = preload(config)
+        plan, public_admin = plan_sockets(config, count)
+        children: dict[int, int] = {}  # pid -> worker index
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child; tested end to end
+                gc.enable()
+                _child(index, plan, public_admin, serve)
+            children[pid] = index
+    finally:
+        gc.enable()
+    links = [
+        WorkerLink(index=index, pid=pid, address=plan[index]["admin"].getsockname())
+        for pid, index in children.items()
+        if "admin" in plan[index]
+    ]
     for sockets in plan:  # the children hold their own copies
         for sock in sockets.values():
             sock.close()
-    logger.info("workers_started", extra={"count": count})
-    return _supervise(children)
+    logger.info("workers_started", extra={"count": count, "frozen_objects": frozen})
+    return asyncio.run(_supervise(children, public_admin, links))
 
 
-def _child(index: int, plan: list[WorkerSockets], serve: ServeFn) -> None:
+def _child(
+    index: int,
+    plan: list[WorkerSockets],
+    public_admin: socket.socket | None,
+    serve: ServeFn,
+) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    if public_admin is not None:
+        public_admin.close()
     for other, sockets in enumerate(plan):
         if other != index:
             for sock in sockets.values():
@@ -132,35 +204,63 @@ def _child(index: int, plan: list[WorkerSockets], serve: ServeFn) -> None:
         os._exit(status)
 
 
-def _supervise(children: dict[int, int]) -> int:
-    stopping = False
+class _Supervisor:
+    """Reaps workers, forwards stop signals, and decides the exit status."""
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in children:
+    def __init__(self, children: dict[int, int], admin: WorkersAdmin) -> None:
+        self.children = children
+        self.admin = admin
+        self.stopping = False
+        self.status = 0
+        self.done = asyncio.Event()
+
+    def forward(self, signum: int) -> None:
+        self.stopping = True
+        self.admin.draining = True
+        for pid in self.children:
             _kill(pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    status = 0
-    try:
-        while children:
-            pid, wait_status = os.waitpid(-1, 0)
-            if pid not in children:
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            index = self.children.pop(pid, None)
+            if index is None:
                 continue
-            index = children.pop(pid)
+            self.admin.worker_exited(index)
             code = os.waitstatus_to_exitcode(wait_status)
             if code != 0:
-                status = status or (code if code > 0 else 128 - code)
-                if not stopping:
+                self.status = self.status or (code if code > 0 else 128 - code)
+                if not self.stopping:
                     logger.error("worker_exited", extra={"worker": index, "status": code})
-                    stopping = True
-                    for other in children:
-                        _kill(other, signal.SIGTERM)
+                    self.forward(signal.SIGTERM)
+        if not self.children:
+            self.done.set()
+
+
+async def _supervise(
+    children: dict[int, int], public_admin: socket.socket | None, links: list[WorkerLink]
+) -> int:
+    admin = WorkersAdmin(links)
+    supervisor = _Supervisor(children, admin)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGCHLD, supervisor.reap)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.forward, sig)
+    try:
+        if public_admin is not None:
+            await admin.start(sock=public_admin)
+        supervisor.reap()  # a worker that exited before the handler was installed
+        await supervisor.done.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return status
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await admin.close()
+    return supervisor.status
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -199,15 +199,23 @@ class _Answer:
     families: dict[str, Family]
 
 
+# Requests per worker, derived from each worker's istio_requests_total at merge
+# time: SO_REUSEPORT spreads connections by a hash, not by load, so a skew
+# between workers is worth seeing (the request path pays nothing for it).
+PER_WORKER_FAMILY = "meshlet_worker_requests_total"
+_REQUESTS_FAMILY = "istio_requests_total"
+
+
 class WorkerMerge:
     """The ``--workers`` parent's memory of each worker's last scrape (see the
     module docstring for why it keeps them)."""
 
-    __slots__ = ("_last", "_retired")
+    __slots__ = ("_last", "_retired", "_retired_requests")
 
     def __init__(self) -> None:
         self._last: dict[int, _Answer] = {}
         self._retired: dict[str, Family] = {}
+        self._retired_requests: dict[int, float] = {}
 
     def merge(self, answers: Mapping[int, tuple[int, bytes] | None], extra: bytes = b"") -> bytes:
         """One text for the whole sidecar. ``answers`` maps each worker index to
@@ -221,12 +229,26 @@ class WorkerMerge:
             previous = self._last.get(index)
             if previous is not None and previous.pid != pid:  # a restarted worker
                 merge_into(self._retired, previous.families.values(), gauges=False)
+                self._retired_requests[index] = self._requests(index)
             self._last[index] = _Answer(pid, parse(text))
             fresh.add(index)
         total: dict[str, Family] = {}
         merge_into(total, self._retired.values(), gauges=False)
         for index in sorted(self._last):
             merge_into(total, self._last[index].families.values(), gauges=index in fresh)
+        per_worker = Family(
+            name=PER_WORKER_FAMILY, kind="counter", help_text="Requests handled, by worker."
+        )
+        for index in sorted(self._last):
+            per_worker.samples[f'{PER_WORKER_FAMILY}{{worker="{index}"}}'] = self._requests(index)
+        total[PER_WORKER_FAMILY] = per_worker
         if extra:
             merge_into(total, parse(extra).values(), gauges=True)
         return render(total.values())
+
+    def _requests(self, index: int) -> float:
+        """Worker ``index``'s requests so far, its predecessors' included."""
+        answer = self._last.get(index)
+        family = answer.families.get(_REQUESTS_FAMILY) if answer is not None else None
+        own = sum(family.samples.values()) if family is not None else 0
+        return self._retired_requests.get(index, 0) + own
