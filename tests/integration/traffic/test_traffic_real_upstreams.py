@@ -102,10 +102,14 @@ async def test_p2c_moves_real_load_away_from_a_10x_slower_upstream(
     upstreams: list[Upstream],
 ) -> None:
     fast, slow = upstreams
-    fast.delay_s, slow.delay_s = 0.005, 0.050
+    # The picker learns latencies measured by this client, scheduling delays
+    # included. At 5 ms vs 50 ms, concurrency 4, a loaded 2-core machine's delays
+    # (peak-EWMA believes a slow sample at once) sent 37-86 of 200 to the slow one
+    # in 7 of 8 trials; at 30 ms vs 300 ms, concurrency 2: at most 2 of 200.
+    fast.delay_s, slow.delay_s = 0.030, 0.300
     eps = [Endpoint(address=fast.address), Endpoint(address=slow.address)]
     async with httpx.AsyncClient() as client:
-        p2c = await drive(P2CEwma(eps), client, requests=200, concurrency=4)
+        p2c = await drive(P2CEwma(eps), client, requests=200, concurrency=2)
         rr = await drive(RoundRobin(eps), client, requests=100, concurrency=4)
     assert rr[slow.address] == 50
     assert p2c[slow.address] < 0.25 * 200, p2c
