@@ -1,7 +1,8 @@
 """``ProxyServer``: the sidecar's listeners, identity, deadline sweep and drain.
 
 Binding and the accept loops live in ``proxy/accept.py``; building clusters,
-checking a new config and describing the running one in ``proxy/reconfig.py``.
+making a new config live (``apply_config``) and describing the running one in
+``proxy/reconfig.py``.
 
 Deadlines (header read, idle, upstream response) are fields on connections;
 one periodic sweep per server checks them and refreshes a coarse clock, so the
@@ -28,7 +29,7 @@ from meshlet.proxy.hooks import InboundGate
 from meshlet.proxy.inbound import InboundRouter
 from meshlet.proxy.outbound import OutboundRouter
 from meshlet.proxy.pool import Cluster, EndpointPool
-from meshlet.proxy.reconfig import build_clusters, describe_config, rebind_problems
+from meshlet.proxy.reconfig import Reconfigurable, build_clusters, describe_config
 from meshlet.proxy.tls import LoadedIdentity, load_identity
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ __all__ = ["ProxyServer"]
 logger = logging.getLogger(__name__)
 
 
-class ProxyServer(ListenerSetup):
+class ProxyServer(ListenerSetup, Reconfigurable):
     """One worker's data plane: an inbound and/or outbound HTTP listener."""
 
     def __init__(
@@ -218,83 +219,6 @@ class ProxyServer(ListenerSetup):
         router.app = self._app
         listener.scheme = b"https"
         return listener
-
-    # -- dynamic configuration (control plane) ------------------------------
-
-    def apply_config(self, new: BootstrapConfig) -> None:
-        """Make ``new`` live without rebinding: the outbound HTTP service table, the
-        routing plan executor and the inbound gate are built off the request path
-        and swapped in with one assignment each (pools of unchanged endpoints are
-        kept, so warm connections survive); an inbound mTLS mode change applies to
-        connections accepted from then on. Anything that would need a rebind
-        raises ConfigError and the old config keeps serving (the dynamic client
-        NACKs it)."""
-        old = self.config
-        problems = rebind_problems(old, new)
-        if problems:
-            raise ConfigError(f"cannot change on a running proxy: {', '.join(problems)}")
-        gate_changed = (
-            old.inbound is not None
-            and new.inbound is not None
-            and old.inbound.policies != new.inbound.policies
-        )
-        gate = self._gate
-        if gate_changed:  # build first: a bad policy raises before anything changed
-            from meshlet.proxy import authz
-
-            gate = authz.build_gate(new, clock=self.clock)
-        routing_changed = (
-            old.outbound is not None
-            and new.outbound is not None
-            and old.outbound.routing != new.outbound.routing
-        )
-        traffic_router = None
-        if routing_changed and new.outbound is not None and new.outbound.routing:
-            from meshlet.traffic.loader import load_routing
-            from meshlet.traffic.router import Router as TrafficRouter
-
-            traffic_router = TrafficRouter(load_routing(new.outbound.routing))  # may raise
-        listener = self.outbound_listener
-        if new.outbound is not None and listener is not None:
-            router = listener.router
-            assert isinstance(router, OutboundRouter), "BUG: outbound listener without router"
-            kept = {
-                (p.address, p.identity, p.labels): p for c in self._clusters for p in c.endpoints
-            }
-            client_ctx = lambda: self._current().client  # noqa: E731 - read per connect
-            clusters = build_clusters(
-                new.outbound.services, listener=listener, ssl_context=client_ctx, kept=kept
-            )
-            router.clusters = clusters  # the single reference swap
-            if routing_changed:
-                from meshlet.proxy.routing import OutboundTraffic
-
-                # In-flight requests finish on the old plan executor; new ones
-                # take the new one (the old one is not closed under them).
-                router.traffic = (
-                    None
-                    if traffic_router is None
-                    else OutboundTraffic(traffic_router, clusters, listener=listener)
-                )
-            elif router.traffic is not None:
-                router.traffic.update_clusters(clusters)
-            self._clusters = list(clusters.values())
-            for pool in kept.values():  # endpoints that left: drop their idle connections
-                for conn in list(pool.idle):
-                    conn.close()
-        if gate_changed and self.inbound_listener is not None:
-            inbound = self.inbound_listener.router
-            assert isinstance(inbound, InboundRouter), "BUG: inbound listener without router"
-            inbound.gate = gate
-            if self._gate is not None:
-                # Its records go on being written; close() drains it at the end.
-                self._retired_gates.append(self._gate)
-            self._gate = gate
-        self.config = new
-        if routing_changed and self._sweeper is not None and not self._closed:
-            # The sweep's interval follows the shortest timeout, route ones included.
-            self._sweeper.cancel()
-            self._schedule_sweep(asyncio.get_running_loop())
 
     # -- deadlines ----------------------------------------------------------
 
