@@ -161,7 +161,10 @@ async def test_sse_stream_outlives_short_idle_timeout_and_stalled_one_is_cut(
 async def test_p2c_moves_load_away_from_a_replica_10x_slower(tpki: Pki, tmp_path: Path) -> None:
     # "inference" has no routing config here: the unrouted fast path's picker.
     other = dr("{}").replace("host: inference", "host: elsewhere").lstrip("-\n")
-    fast, slow = Replica("fast", {}, delay_s=0.01), Replica("slow", {}, delay_s=0.1)
+    # 30 ms vs 300 ms: at 10 ms vs 100 ms a loaded machine's scheduling delays
+    # (peak-EWMA believes a slow sample at once) sent up to 25 of 200 to the slow
+    # replica in 8 trials under 3 busy loops; at these: up to 13.
+    fast, slow = Replica("fast", {}, delay_s=0.03), Replica("slow", {}, delay_s=0.3)
     async with mesh_of(tpki, tmp_path, [fast, slow], other) as mesh, mesh.client() as client:
         counts = await send_many(client, 200, concurrency=4)
         assert counts["fast"] + counts["slow"] == 200
