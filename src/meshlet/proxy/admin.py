@@ -14,6 +14,11 @@ Endpoints (Envoy's admin paths where Envoy has one):
     /config_dump       the effective configuration as JSON, no private keys
     /certs             the workload certificate: SPIFFE ID, serial, validity,
                        seconds to expiry
+
+With ``--workers N`` each worker's ``AdminServer`` listens on a private Unix
+socket (a ``WorkerAdminSocket``) and the parent serves the sidecar's one public
+admin endpoint with ``workers_admin.WorkersAdmin``, which asks every worker and
+merges their answers; both share the HTTP handling of ``AdminHttp``.
 """
 
 from __future__ import annotations

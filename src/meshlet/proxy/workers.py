@@ -78,7 +78,8 @@ def bind_admin(address: Address, count: int) -> tuple[socket.socket, list[Worker
     """The sidecar's public admin socket (the parent serves it), and one private
     listener per worker on an autobound abstract Unix address: no file to clean
     up, no port to pick, and nothing left behind when the processes are gone."""
-    public = socket.create_server((address.host, address.port), reuse_port=False)
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    public = socket.create_server((address.host, address.port), family=family)
     public.setblocking(False)
     host, port = public.getsockname()[:2]
     private: list[WorkerAdminSocket] = []
