@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.binaries import requires
 from tests.support.processes import run_meshlet
 
 from meshlet.identity.ca import CertificateAuthority
@@ -52,6 +53,7 @@ def test_init_refuses_to_overwrite_then_force_replaces(tmp_path: Path) -> None:
     assert (d / "bundle.pem").read_bytes() != before
 
 
+@requires("openssl")
 def test_issue_writes_the_three_files_and_openssl_agrees(ca_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "web"
     result = run_meshlet("ca", "issue", "--dir", ca_dir, "--id", WEB, "--out", out, "--ttl", "2h")

@@ -13,6 +13,7 @@ from spiffe.bundle.x509_bundle.x509_bundle import X509Bundle
 from spiffe.spiffe_id.spiffe_id import SpiffeId as LibSpiffeId
 from spiffe.spiffe_id.spiffe_id import TrustDomain
 from spiffe.svid.x509_svid import X509Svid
+from tests.support.binaries import requires
 
 from meshlet.identity.ca import CertificateAuthority, IssuedSvid
 from meshlet.identity.spiffeid import SpiffeId
@@ -51,6 +52,7 @@ def _openssl_verify(outdir: Path, *extra: str) -> subprocess.CompletedProcess[st
 
 
 @pytest.mark.parametrize("purpose", ["sslserver", "sslclient"])
+@requires("openssl")
 def test_openssl_verifies_issued_svid(
     ca: CertificateAuthority, tmp_path: Path, purpose: str
 ) -> None:
@@ -60,6 +62,7 @@ def test_openssl_verifies_issued_svid(
     assert result.stdout.strip().endswith(": OK")
 
 
+@requires("openssl")
 def test_openssl_verifies_csr_signed_svid(ca: CertificateAuthority, tmp_path: Path) -> None:
     csr, key = make_csr(DB)
     chain = ca.sign_csr(csr, proven_id=DB, now=time.time())
@@ -75,6 +78,7 @@ def test_openssl_verifies_csr_signed_svid(ca: CertificateAuthority, tmp_path: Pa
     assert result.returncode == 0, result.stderr
 
 
+@requires("openssl")
 def test_openssl_rejects_svid_from_another_ca(ca: CertificateAuthority, tmp_path: Path) -> None:
     other = CertificateAuthority.init(tmp_path / "other", TD, now=time.time())
     other.issue(WEB, now=time.time()).write(tmp_path / "svid")
@@ -84,6 +88,7 @@ def test_openssl_rejects_svid_from_another_ca(ca: CertificateAuthority, tmp_path
     assert "unable to get" in result.stderr + result.stdout
 
 
+@requires("openssl")
 def test_openssl_verifies_both_roots_during_rotation(tmp_path: Path) -> None:
     ca = CertificateAuthority.init(tmp_path / "ca", TD, now=time.time())
     ca.issue(WEB, now=time.time()).write(tmp_path / "old")

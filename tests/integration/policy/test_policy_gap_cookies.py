@@ -15,6 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+from tests.support.binaries import requires
 from tests.support.pki import Pki
 from tests.support.sidecars import LOCAL, Pair, start_pair, stop_pair
 
@@ -127,6 +128,7 @@ async def test_httpx_cookie_carries_the_token(pair: Pair) -> None:
     assert dict(second_name.json()["headers"])["x-user"] == "bob"
 
 
+@requires("curl")
 async def test_curl_cookie_good_bad_and_expired(pair: Pair) -> None:
     url = "http://inference/headers"
     good_code, good_body = await curl(pair, "-b", f"theme=dark; session={token()}", url)

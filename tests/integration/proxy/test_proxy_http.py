@@ -7,6 +7,7 @@ import json
 
 import httpx
 import pytest
+from tests.support.binaries import requires
 from tests.support.pki import Pki
 from tests.support.sidecars import CLIENT_ID, SERVER_ID, Pair, start_pair, stop_pair
 
@@ -95,6 +96,7 @@ async def test_keep_alive_reuses_connections_both_sides(pair: Pair) -> None:
     assert pair.app.connections == 1
 
 
+@requires("curl")
 async def test_curl_with_http_proxy_env(pair: Pair) -> None:
     proc = await asyncio.create_subprocess_exec(
         "curl",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.binaries import requires
 from tests.support.pki import Pki
 from tests.support.sidecars import CLIENT_ID, OTHER_ID, SERVER_ID, TD, start_pair, stop_pair
 
@@ -112,6 +113,7 @@ async def test_certificate_from_another_ca_is_refused(pki: Pki, tmp_path: Path) 
         await stop_pair(pair)
 
 
+@requires("openssl")
 async def test_direct_mtls_client_sees_identity_and_tls13(pki: Pki) -> None:
     pair = await start_pair(pki)
     try:

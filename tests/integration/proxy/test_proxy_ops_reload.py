@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from tests.support.apps import echo_app
+from tests.support.binaries import requires
 from tests.support.http import http_get
 from tests.support.pki import client_context, issue, make_ca, spiffe
 from tests.support.processes import (
@@ -90,6 +91,7 @@ def _rotate(ca: CertificateAuthority, directory: Path) -> None:
         (directory / f".{name}.tmp").replace(directory / name)
 
 
+@requires("openssl")
 async def test_rotation_under_load_drops_nothing(tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     async with echo_app() as app:
