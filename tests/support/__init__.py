@@ -7,5 +7,6 @@ behind a sidecar), ``sidecars`` (an in-process outbound -> mTLS -> inbound pair)
 ``fixtures`` (the session CA, ``pki`` and the uvloop hook, imported by name into
 a directory's conftest), ``processes`` (``meshlet`` as a real subprocess,
 waiting on its JSON ready line, never on a guessed port), ``waiting`` (bounded
-polling) and ``http`` (a one-shot raw HTTP/1.1 GET).
+polling), ``http`` (a one-shot raw HTTP/1.1 GET) and ``binaries`` (skip a test
+whose OS tool, curl or openssl, is missing).
 """
