@@ -54,13 +54,15 @@ def _context(side: int, files: IdentityFiles) -> ssl.SSLContext:
         # Identity is the URI SAN, checked against the endpoint after the handshake.
         ctx.check_hostname = False
     else:
-        # No TLS 1.3 session tickets (OpenSSL sends two after every handshake, RFC
-        # 8446 §4.6.1): the sidecar's upstream pool never resumes a session, so
-        # each ticket is work for both ends that nobody uses. Measured in memory
-        # (MemoryBIO pair, OpenSSL 3.0): server CPU per mTLS handshake 1.0 -> 0.67 ms.
-        # The cold start of a pair opens one connection per concurrent request, so
-        # this is most of the difference in its first-requests stall (docs/proxy.md).
-        ctx.num_tickets = 0
+        # One TLS 1.3 session ticket, not OpenSSL's two (RFC 8446 §4.6.1): the
+        # sidecar's pool never resumes a session, so tickets are work nobody
+        # uses (server CPU per mTLS handshake in memory, OpenSSL 3.0: 0.92 ms
+        # with two, 0.80 with one, 0.61 with none). Not none: the ticket is the
+        # server's first bytes after the client's Finished and carries the ACK
+        # for it; without it a client that leaves Nagle on (TCP_NODELAY unset)
+        # holds its first request until the server's delayed ACK, 40 ms later
+        # (measured: first response p50 2.6 -> 44 ms in bench_proxy.py).
+        ctx.num_tickets = 1
     ctx.load_cert_chain(str(files.cert), str(files.key))
     ctx.load_verify_locations(cafile=str(files.bundle))
     ctx.set_alpn_protocols(_ALPN)
