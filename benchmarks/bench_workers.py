@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/bench_workers.py
     .venv/bin/python benchmarks/bench_workers.py --src /tmp/before/src --src src
 
+It also times ``GoldenMetrics.request`` (the one metrics call on the request
+path) in each tree, in fresh interpreters taking turns, best of 7 x 200,000
+calls per round: the merged admin must leave that cost unchanged.
+
 RSS counts a page once in every process that maps it, so it overstates a
 forked sidecar: pages the workers share copy-on-write with their parent are
 counted N+1 times. PSS (proportional set size) divides each shared page by the
@@ -148,6 +152,38 @@ async def measure(
                 await proc.wait()
 
 
+_HOT_PATH = """
+import sys, timeit
+from meshlet.telemetry.metrics import GoldenMetrics
+m = GoldenMetrics()
+src, dst = "spiffe://cluster.local/ns/apps/sa/client", "spiffe://cluster.local/ns/ml/sa/inference"
+def one():
+    m.request(reporter="destination", source_principal=src, destination_principal=dst,
+              destination_service="inference", request_protocol="http", response_code=200,
+              mtls=True, duration_s=0.0012, request_bytes=512, response_bytes=1024)
+print(min(timeit.repeat(one, number=200000, repeat=7)) / 200000 * 1e9)
+"""
+
+
+async def hot_path(srcs: list[Path], rounds: int) -> None:
+    """ns per GoldenMetrics.request in each tree; rounds interleave the trees."""
+    times: dict[Path, list[float]] = {src: [] for src in srcs}
+    for _ in range(rounds):
+        for src in srcs:
+            env = dict(os.environ, PYTHONPATH=str(src))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _HOT_PATH, env=env, stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            times[src].append(float(out))
+    print(f"# GoldenMetrics.request, ns per call, {rounds} interleaved rounds")
+    print("| tree | best | median | worst |")
+    print("|---|---|---|---|")
+    for src, ns in times.items():
+        ns.sort()
+        print(f"| {src} | {ns[0]:.0f} | {ns[len(ns) // 2]:.0f} | {ns[-1]:.0f} |")
+
+
 def _mib(kib: int) -> str:
     return f"{kib / 1024:6.1f}"
 
@@ -196,6 +232,8 @@ async def run(args: argparse.Namespace) -> None:
                 print(report(label, workers, f"idle (ready {ready_s * 1000:.0f} ms)", idle))
                 print(report(label, workers, "after load", loaded))
     app.close()
+    if args.hot_path_rounds:
+        await hot_path(args.src, args.hot_path_rounds)
 
 
 def main() -> int:
@@ -206,6 +244,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--settle-s", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--hot-path-rounds", type=int, default=8, help="0 to skip")
     args = parser.parse_args()
     args.src = [p.resolve() for p in (args.src or [ROOT / "src"])]
     args.workers = [int(w) for w in args.workers.split(",")]
