@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 WorkerSockets = dict[str, socket.socket]
 ServeFn = Callable[[int, WorkerSockets], int]
 
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _LISTEN_BACKLOG = 1024  # as Envoy and nginx (511) do: SYN bursts at start-up
 
 
@@ -156,6 +157,9 @@ def run_workers(config: BootstrapConfig, count: int, serve: ServeFn) -> int:
     # first allocation into such a hole in a worker copies the page (the
     # recipe of the gc.freeze documentation).
     gc.disable()
+    # Held back from here until the parent's event loop handles them: a SIGTERM
+    # in between would otherwise kill the parent and orphan the workers.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         frozen = preload(config)
         plan, public_admin = plan_sockets(config, count)
@@ -166,6 +170,9 @@ def run_workers(config: BootstrapConfig, count: int, serve: ServeFn) -> int:
                 gc.enable()
                 _child(index, plan, public_admin, serve)
             children[pid] = index
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        raise
     finally:
         gc.enable()
     links = [
@@ -188,6 +195,7 @@ def _child(
 ) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if public_admin is not None:
         public_admin.close()
     for other, sockets in enumerate(plan):
@@ -252,6 +260,7 @@ async def _supervise(
     loop.add_signal_handler(signal.SIGCHLD, supervisor.reap)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, supervisor.forward, sig)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # now handled
     try:
         if public_admin is not None:
             await admin.start(sock=public_admin)
