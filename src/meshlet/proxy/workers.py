@@ -128,21 +128,39 @@ def plan_sockets(
 def preload(config: BootstrapConfig) -> int:
     """Import what every worker will import, then freeze the heap; returns the
     number of objects frozen. Call with the collector disabled (see run_workers)."""
-    modules = list(_PRELOAD)
-    if config.access_log is not None:
-        modules.append("meshlet.telemetry.accesslog")
-    for name in modules:
+    for name in preload_modules(config):
         importlib.import_module(name)
     gc.freeze()
     return gc.get_freeze_count()
 
 
-# What serve() and ProxyServer.start() import lazily in every worker (measured
-# by diffing sys.modules before and after a worker's start-up); the policy and
-# TCP modules come in through proxy.server's own imports when configured.
+def preload_modules(config: BootstrapConfig) -> list[str]:
+    """The modules a worker of ``config`` imports lazily, found by diffing
+    ``sys.modules`` before and after a worker's start-up, per feature: the
+    policy gate alone brings pydantic, cryptography and PyJWT (about 200
+    modules), which every worker would otherwise import on its own."""
+    names = list(_PRELOAD)
+    inbound, outbound = config.inbound, config.outbound
+    if inbound is not None and inbound.policies:
+        names.append("meshlet.proxy.authz")
+    tcp = inbound is not None and inbound.protocol == "tcp"
+    if outbound is not None:
+        tcp = tcp or any(service.protocol == "tcp" for service in outbound.services)
+        if outbound.routing:
+            names += ["meshlet.proxy.routing", "meshlet.traffic.loader", "meshlet.traffic.router"]
+    if tcp:
+        names.append("meshlet.proxy.tcp")
+    if config.audit is not None:
+        names.append("meshlet.telemetry.audit")
+    if config.access_log is not None:
+        names.append("meshlet.telemetry.accesslog")
+    return names
+
+
 _PRELOAD = (
     "uvloop",
     "httptools",
+    "encodings.idna",  # the first getaddrinfo of a str host
     "meshlet.proxy.server",
     "meshlet.proxy.reload",
     "meshlet.proxy.admin",
