@@ -47,6 +47,13 @@ SERVER_ID = "spiffe://cluster.local/ns/ml/sa/inference"
 CLIENT_ID = "spiffe://cluster.local/ns/apps/sa/client"
 START_TIMEOUT_S = 60.0
 BODY = b"x" * 1024
+POLICY = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: ml}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/apps/sa/client"]}}]}]
+"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,14 +220,19 @@ async def run(args: argparse.Namespace) -> None:
     app = await asyncio.start_server(_app, "127.0.0.1", 0)
     app_port = app.sockets[0].getsockname()[1]
     config = work / "proxy.yaml"
+    policies = ""
+    if args.policy:  # the policy gate, as `meshlet bench`'s server sidecar runs it
+        (work / "policy.yaml").write_text(POLICY)
+        policies = f", policies: [{work}/policy.yaml]"
     config.write_text(
         f"identity: {{cert: {work}/server/cert.pem, key: {work}/server/key.pem,"
         f" bundle: {work}/server/bundle.pem}}\n"
         "admin: 127.0.0.1:0\n"
         "workload: {name: inference, namespace: ml}\n"
-        f"inbound: {{listen: 127.0.0.1:0, app: 127.0.0.1:{app_port}, mtls: STRICT}}\n"
+        f"inbound: {{listen: 127.0.0.1:0, app: 127.0.0.1:{app_port}, mtls: STRICT{policies}}}\n"
     )
-    print(f"# {sys.executable}; {args.requests} requests over {args.connections} connections")
+    print(f"# {sys.executable}; {args.requests} requests over {args.connections} connections;"
+          f" policy gate {'on' if args.policy else 'off'}")  # fmt: skip
     print("# MiB; per process: PSS/USS, the parent first")
     print("| tree | workers | phase | PSS sum | USS sum | RSS sum | per process PSS/USS |")
     print("|---|---|---|---|---|---|---|")
@@ -244,6 +256,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--settle-s", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--policy", action="store_true", help="with an ALLOW policy (the gate)")
     parser.add_argument("--hot-path-rounds", type=int, default=8, help="0 to skip")
     args = parser.parse_args()
     args.src = [p.resolve() for p in (args.src or [ROOT / "src"])]
