@@ -11,6 +11,7 @@ Endpoints (Envoy's admin paths where Envoy has one):
                        loaded, else 503 (also while draining)
     /live              200 while the process runs its event loop
     /stats/prometheus  golden metrics plus process gauges, Prometheus text
+    /metrics           the same (Linkerd's path; Prometheus' default)
     /config_dump       the effective configuration as JSON, no private keys
     /certs             the workload certificate: SPIFFE ID, serial, validity,
                        seconds to expiry
@@ -205,6 +206,7 @@ class AdminServer(AdminHttp):
                 b"/ready": self._ready,
                 b"/live": self._live,
                 b"/stats/prometheus": self._prometheus,
+                b"/metrics": self._prometheus,  # Linkerd's and most exporters' path
                 b"/config_dump": self._config_dump,
                 b"/certs": self._certs,
             }

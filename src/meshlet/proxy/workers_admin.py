@@ -13,8 +13,9 @@ backwards).
     /ready             200 only when every worker is ready and none has exited
                        and the sidecar is not draining; else 503
     /live              200 while the parent's event loop runs
-    /stats/prometheus  the workers' metrics merged, plus the parent's own RSS
-                       and ``meshlet_workers_alive``
+    /stats/prometheus, /metrics
+                       the workers' metrics merged, plus the parent's own RSS,
+                       ``meshlet_worker_requests_total`` and ``meshlet_workers_alive``
     /config_dump, /certs
                        worker 0's answer (every worker loads the same
                        configuration and identity files), or the next live one's
@@ -66,6 +67,7 @@ class WorkersAdmin(AdminHttp):
             b"/ready": self._ready,
             b"/live": self._live,
             b"/stats/prometheus": self._prometheus,
+            b"/metrics": self._prometheus,
             b"/config_dump": lambda: self._first(b"/config_dump"),
             b"/certs": lambda: self._first(b"/certs"),
         })  # fmt: skip

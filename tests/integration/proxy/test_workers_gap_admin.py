@@ -49,8 +49,8 @@ def _labelled(text: str, name: str) -> dict[str, float]:
     return out
 
 
-async def _scrape(proxy: ProxyProcess) -> str:
-    status, headers, body = await http_get(*proxy.address("admin"), "/stats/prometheus")
+async def _scrape(proxy: ProxyProcess, path: str = "/stats/prometheus") -> str:
+    status, headers, body = await http_get(*proxy.address("admin"), path)
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     return body.decode()
@@ -112,6 +112,7 @@ async def test_one_admin_counts_every_request_of_every_worker(pki: Pki, tmp_path
         assert sum(per_worker.values()) == SENT
         assert set(_labelled(text, "meshlet_process_resident_memory_bytes")) == {"0", "1", "parent"}
         assert sums["meshlet_workers_alive"] == 2
+        assert _samples(await _scrape(proxy, "/metrics"))["istio_requests_total"] == SENT
 
         status, _, body = await http_get(*admin, "/certs")
         assert status == 200
