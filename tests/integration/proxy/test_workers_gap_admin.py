@@ -87,7 +87,7 @@ def _config(pki: Pki, tmp_path: Path, app_port: int) -> Path:
     files = pki.files(SERVER_ID, "server")
     config: dict[str, Any] = inbound_bootstrap(files, app_port, mtls="STRICT")
     config["workload"] = {"name": "inference", "namespace": "ml"}
-    config["timeouts"] = {"drain_s": 10.0}
+    config["timeouts"] = {"drain_s": 30.0}  # far beyond the slow request below
     return write_bootstrap(tmp_path / "proxy.yaml", config)
 
 
@@ -134,7 +134,9 @@ async def test_sigterm_turns_the_one_ready_to_503_while_workers_drain(
     ):
         admin = proxy.address("admin")
         inbound = proxy.address("inbound")
-        slow = asyncio.create_task(http_get(*inbound, "/slow?ms=3000", ssl_ctx=ctx))
+        # 8 s in the app: the one admin must answer 503 well before the workers
+        # finish draining and the parent closes it, even on a stalled machine.
+        slow = asyncio.create_task(http_get(*inbound, "/slow?ms=8000", ssl_ctx=ctx, timeout_s=40.0))
         await wait_until(lambda: bool(app.headers_seen))
         proxy.process.send_signal(signal.SIGTERM)
 
@@ -144,7 +146,7 @@ async def test_sigterm_turns_the_one_ready_to_503_while_workers_drain(
         await eventually(not_ready)
         status, _, _ = await slow
         assert status == 200
-        assert await asyncio.wait_for(proxy.process.wait(), STEP_TIMEOUT_S) == 0
+        assert await asyncio.wait_for(proxy.process.wait(), 40.0) == 0
 
 
 async def test_a_worker_that_stops_answering_keeps_its_counts(pki: Pki, tmp_path: Path) -> None:
