@@ -82,9 +82,19 @@ def _file_jwks(authenticator_rules: Sequence[JwtRule]) -> dict[str, str]:
 
 
 def build_gate(
-    config: BootstrapConfig, *, clock: Clock, root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    config: BootstrapConfig,
+    *,
+    clock: Clock,
+    audit: AuditLog | None = None,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
 ) -> PolicyGate | None:
-    """The gate for ``config.inbound.policies`` (None when there are none)."""
+    """The gate for ``config.inbound.policies`` (None when there are none).
+
+    ``audit`` is a log the caller owns and shares across the gates it builds
+    (a dynamic sidecar rebuilds its gate per policy push, and a second writer
+    on one path would start a second hash chain); the gate writes to it and
+    leaves closing it to the caller. Without one, the gate opens
+    ``config.audit``'s path itself, if any, and closes it (static mode)."""
     if config.inbound is None or not config.inbound.policies:
         return None
     security_config = load_security_paths([str(p) for p in config.inbound.policies])
@@ -110,12 +120,15 @@ def build_gate(
         extra_root_ca=security_config.jwks_extra_root_ca,
         preloaded=file_texts,
     )
-    audit = AuditLog(config.audit.path, clock=clock) if config.audit is not None else None
+    owns_audit = audit is None
+    if audit is None and config.audit is not None:
+        audit = AuditLog(config.audit.path, clock=clock)
     gate = PolicyGate(
         security=security,
         authenticator=keys,
         providers=providers,
         audit=audit,
+        owns_audit=owns_audit,
         clock=clock,
         app_port=config.inbound.app.port,
         workload_name=name,

@@ -80,6 +80,10 @@ class PolicyGate:
         clock: Clock,
         app_port: int,
         workload_name: str,
+        # True: the gate opened ``audit`` and ``close`` closes it (static mode).
+        # A process-owned log shared across gates (``build_gate(audit=...)``) is
+        # closed by its owner, after the last gate has written to it.
+        owns_audit: bool = True,
     ) -> None:
         self.security = security
         self.keys = (
@@ -89,6 +93,7 @@ class PolicyGate:
         )
         self.providers = dict(providers)
         self.audit = audit
+        self._owns_audit = owns_audit
         self.clock = clock
         self.app_port = app_port
         self.workload_name = workload_name
@@ -154,7 +159,7 @@ class PolicyGate:
             )
 
     def close(self) -> None:
-        if self.audit is not None:
+        if self.audit is not None and self._owns_audit:
             self.audit.close()
 
     def mtls_mode(self, port: int | None = None) -> MtlsMode:

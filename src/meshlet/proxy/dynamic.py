@@ -41,7 +41,7 @@ from meshlet.errors import IdentityError, MeshError, ProtocolError
 from meshlet.identity.renewal import Credential, Renewer
 from meshlet.identity.spiffeid import SpiffeId
 from meshlet.proxy.control_client import WATCH_TIMEOUT_S, ControlClient, backoff_s, error_text
-from meshlet.proxy.dynamic_audit import first_gate, install_audit, open_audit
+from meshlet.proxy.dynamic_audit import open_audit
 from meshlet.proxy.dynamic_config import DynamicSettings, snapshot_config, split_tcp
 from meshlet.proxy.dynamic_identity import SidecarIdentity
 
@@ -99,7 +99,6 @@ class DynamicProxy(SidecarIdentity):
                 except BaseException:
                     self.tcp.abort(change)
                     raise
-                install_audit(self.server, self.audit)  # no await since the swap
                 await self.tcp.commit(change)
         except MeshError as exc:
             return str(exc)
@@ -125,7 +124,7 @@ class DynamicProxy(SidecarIdentity):
                 config,
                 metrics=metrics,
                 clock=self.clock,
-                inbound_gate=first_gate(config, self.audit, clock=self.clock),
+                audit=self.audit,  # every gate it builds writes this one chain
             )
             await server.start()
         except BaseException:

@@ -5,25 +5,24 @@ Static mode opens its audit log when it builds its one policy gate
 rebuilds the gate on every policy change, and a second writer on the same path
 would start a second chain (``audit.jsonl.w1``: ``telemetry.audit`` never lets
 two writers interleave one file). So the process opens one ``AuditLog`` here,
-the configs it gives ``ProxyServer`` never name an audit path, and every gate
-gets this log before any request reaches it: the first one when it is built,
-later ones right after ``apply_config`` swapped them in (both synchronous, so
-no request runs in between).
+the configs it gives ``ProxyServer`` never name an audit path, and the server
+is given the log (``ProxyServer(audit=...)``): every gate it builds, at start
+and in ``apply_config``, writes to it, and none closes it. The process closes
+it after the data plane has drained, so the last decisions are written.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from meshlet.clock import Clock
-from meshlet.config.bootstrap import BootstrapConfig
 
 if TYPE_CHECKING:
     from meshlet.telemetry.audit import AuditLog
 
-__all__ = ["first_gate", "install_audit", "open_audit"]
+__all__ = ["open_audit"]
 
 logger = logging.getLogger("meshlet.proxy.dynamic")
 
@@ -37,28 +36,3 @@ def open_audit(path: Path | None, *, clock: Clock) -> AuditLog | None:
     log = AuditLog(path, clock=clock)
     logger.info("audit_log_opened", extra={"path": str(log.path)})
     return log
-
-
-def first_gate(config: BootstrapConfig, audit: AuditLog | None, *, clock: Clock) -> Any:
-    """The policy gate the first snapshot asks for, writing to ``audit``; None
-    when it names no policies (the authz engine is then never imported)."""
-    if config.inbound is None or not config.inbound.policies:
-        return None
-    from meshlet.proxy import authz
-
-    gate = authz.build_gate(config, clock=clock)
-    if gate is not None and audit is not None:
-        gate.audit = audit
-    return gate
-
-
-def install_audit(server: Any, audit: AuditLog | None) -> None:
-    """Give the gate ``server.apply_config`` just built the process's audit log."""
-    listener = server.inbound_listener if server is not None else None
-    gate = getattr(listener.router, "gate", None) if listener is not None else None
-    if gate is None or audit is None:
-        return
-    from meshlet.proxy.authz import PolicyGate
-
-    if isinstance(gate, PolicyGate) and gate.audit is None:
-        gate.audit = audit

@@ -26,6 +26,7 @@ from meshlet.proxy.tls import LoadedIdentity
 
 if TYPE_CHECKING:
     from meshlet.proxy.hooks import InboundGate
+    from meshlet.telemetry.audit import AuditLog
 
 __all__ = ["Reconfigurable", "build_clusters", "describe_config", "rebind_problems"]
 
@@ -97,6 +98,7 @@ class Reconfigurable:
     if TYPE_CHECKING:
         config: BootstrapConfig
         clock: Clock
+        audit: AuditLog | None
         outbound_listener: Listener | None
         inbound_listener: Listener | None
         _gate: InboundGate | None
@@ -115,7 +117,8 @@ class Reconfigurable:
         kept, so warm connections survive); an inbound mTLS mode change applies to
         connections accepted from then on. Anything that would need a rebind
         raises ConfigError and the old config keeps serving (the dynamic client
-        NACKs it)."""
+        NACKs it). A new gate writes to the server's ``audit`` log when it has
+        one, so a policy change continues the same hash chain."""
         old = self.config
         problems = rebind_problems(old, new)
         if problems:
@@ -129,7 +132,7 @@ class Reconfigurable:
         if gate_changed:  # build first: a bad policy raises before anything changed
             from meshlet.proxy import authz
 
-            gate = authz.build_gate(new, clock=self.clock)
+            gate = authz.build_gate(new, clock=self.clock, audit=self.audit)
         routing_changed = (
             old.outbound is not None
             and new.outbound is not None

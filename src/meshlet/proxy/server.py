@@ -33,6 +33,7 @@ from meshlet.proxy.reconfig import Reconfigurable, build_clusters, describe_conf
 from meshlet.proxy.tls import LoadedIdentity, load_identity
 
 if TYPE_CHECKING:
+    from meshlet.telemetry.audit import AuditLog
     from meshlet.telemetry.metrics import GoldenMetrics
 
 __all__ = ["ProxyServer"]
@@ -51,11 +52,16 @@ class ProxyServer(ListenerSetup, Reconfigurable):
         clock: Clock,
         inbound_gate: InboundGate | None = None,
         access_log: Any = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.clock = clock
         self.access_log = access_log
+        # The process's audit log, owned by the caller: every policy gate this
+        # server builds (at start and in apply_config) writes to it. None: a gate
+        # opens the bootstrap's ``audit`` path itself (static mode).
+        self.audit = audit
         self._gate = inbound_gate
         self._retired_gates: list[InboundGate] = []  # replaced by apply_config
         self._identity: LoadedIdentity | None = None
@@ -135,7 +141,7 @@ class ProxyServer(ListenerSetup, Reconfigurable):
                 from meshlet.proxy import authz
             except ImportError as exc:
                 raise ConfigError("inbound.policies: not supported in this build") from exc
-            self._gate = authz.build_gate(cfg, clock=self.clock)
+            self._gate = authz.build_gate(cfg, clock=self.clock, audit=self.audit)
         self.reload_identity()
         workload = self.workload  # unset fields come from the SVID just loaded
         self.metrics.fill_workload(workload=workload.name or "", namespace=workload.namespace or "")
