@@ -5,8 +5,10 @@ chunk, request end, response head, failure (before a synthetic answer) and
 finish. It decides, in order: plan, fault, body limit, inference shedding, pool
 limits, endpoint; then per attempt: deadlines, and whether a response or
 failure is retried (``flight_retry.py`` holds the body buffer, the deadline
-timers and the retry decisions). Mirrors get a fire-and-forget copy from
-``mirror.MirrorSender``. ``routing.OutboundTraffic`` creates flights.
+timers and the retry decisions). What is sent (the head, the InferenceModel's
+target model in the body or path, mirror copies) is built in ``flight_head.py``;
+mirrors go out fire-and-forget through ``mirror.MirrorSender``.
+``routing.OutboundTraffic`` creates flights.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from meshlet.config.inference import Criticality
-from meshlet.config.routing import HeaderOps
 from meshlet.errors import NoRoute
 from meshlet.proxy import rescue as rescues
-from meshlet.proxy.exchange import CHUNKED, LENGTH, Exchange
+from meshlet.proxy.exchange import Exchange
+from meshlet.proxy.flight_head import ForwardHeads, apply_ops, declared_length
 from meshlet.proxy.flight_retry import DISCARD_BYTES, BodyBuffer, Retrying
-from meshlet.proxy.heads import request_head
 from meshlet.traffic.balancer import Endpoint
 from meshlet.traffic.inference import Admit, admit, free_slots
-from meshlet.traffic.match import MODEL_HEADER, RequestAttributes
-from meshlet.traffic.model_name import ModelFieldScanner, ScanState, path_with_model
+from meshlet.traffic.match import RequestAttributes
+from meshlet.traffic.model_name import ModelFieldScanner, ScanState
 from meshlet.traffic.router import ForwardPlan
 
 if TYPE_CHECKING:
@@ -33,21 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DISCARD_BYTES", "Flight"]
 
-_MODEL_HEADER = MODEL_HEADER.encode("ascii")
 # Sidecar refusals also counted in meshlet_upstream_errors_total{kind=...}.
 _COUNTED = frozenset({"overflow", "shed", "no_healthy_upstream"})
 
 
-def _apply_ops(headers: list[tuple[bytes, bytes]], ops: HeaderOps) -> list[tuple[bytes, bytes]]:
-    if ops.remove or ops.set:
-        drop = {n.encode("latin-1") for n in ops.remove} | {n.encode("latin-1") for n, _ in ops.set}
-        headers = [h for h in headers if h[0] not in drop]
-    for name, value in (*ops.set, *ops.add):
-        headers.append((name.encode("latin-1"), value.encode("latin-1")))
-    return headers
-
-
-class Flight(BodyBuffer, Retrying):
+class Flight(BodyBuffer, Retrying, ForwardHeads):
     """One routed request across its attempts."""
 
     __slots__ = ()  # declared by _FlightState, shared with the mixins
@@ -62,7 +53,7 @@ class Flight(BodyBuffer, Retrying):
         self.extra = extra
         self.scanner: ModelFieldScanner | None = None
         self.model_span: tuple[int, int] | None = None  # where the body names the model
-        self.sent_model: str | None = None  # the target model written into the body
+        self.sent_model: str | None = None  # the target model sent (body or path)
         self.plan: ForwardPlan | None = None
         self.rt: ClusterRuntime | None = None
         self.endpoint: Endpoint | None = None  # the attempt in flight
@@ -117,7 +108,7 @@ class Flight(BodyBuffer, Retrying):
             return True
         ops = plan.response_headers
         if ops.set or ops.add or ops.remove:
-            up.headers = _apply_ops(up.headers, ops)
+            up.headers = apply_ops(up.headers, ops)
         if plan.set_cookie is not None:  # a generated consistent-hash cookie
             up.headers.append((b"set-cookie", plan.set_cookie.encode("latin-1")))
         return False
@@ -176,7 +167,7 @@ class Flight(BodyBuffer, Retrying):
             return
         limit = plan.max_request_body_bytes
         self.body_limit = limit
-        if limit is not None and (self.body_seen > limit or _declared(ex) > limit):
+        if limit is not None and (self.body_seen > limit or declared_length(ex) > limit):
             if ex.expect or ex.req_done:  # nothing more is coming: answer now
                 self._answer(rescues.body_too_large(limit, close=not ex.req_done))
             else:
@@ -190,45 +181,13 @@ class Flight(BodyBuffer, Retrying):
             self._answer(rescues.no_healthy_upstream(str(exc)))
             return
         self.rt = rt
-        delta, path = 0, plan.path
-        inference = plan.inference
-        target_model = None if inference is None else inference.target_model
-        if target_model is not None and model is not None and target_model != model:
-            if self.model_span is not None:  # named in the body
-                delta = self._rewrite_model(target_model)
-            elif (renamed := path_with_model(path, model, target_model)) is not None:
-                path, self.sent_model = renamed, target_model  # a KServe v2 path
+        delta, path = self._retarget(plan, model)
         ex.head = self._head(plan, attrs.model_name, delta, path)
         if plan.fault_delay_s > 0:
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(plan.fault_delay_s, self._admit)
             return
         self._admit()
-
-    def _head(
-        self, plan: ForwardPlan, model: str | None, body_delta: int = 0, path: str | None = None
-    ) -> bytes:
-        ex = self.ex
-        headers = _apply_ops(list(ex.headers), plan.request_headers)
-        if body_delta and ex.framing == LENGTH:  # the body's model was rewritten
-            length = b"%d" % (_declared(ex) + body_delta)
-            headers = [(n, length if n == b"content-length" else v) for n, v in headers]
-        if plan.authority is not None:
-            headers = [h for h in headers if h[0] != b"host"]
-            headers.append((b"host", plan.authority.encode("latin-1")))
-        extra = self.extra
-        if model is not None:  # what routing used, not what the client may have claimed
-            headers = [h for h in headers if h[0] != _MODEL_HEADER]
-            extra = [*extra, _MODEL_HEADER + b": " + model.encode("latin-1")]
-        return request_head(
-            ex.method,
-            (plan.path if path is None else path).encode("latin-1"),
-            headers,
-            connection=ex.connection,
-            extra=extra,
-            chunked=ex.framing == CHUNKED,
-            upgrade=ex.upgrade,
-        )
 
     @property
     def criticality(self) -> Criticality:
@@ -369,48 +328,6 @@ class Flight(BodyBuffer, Retrying):
             return
         self._wait(rt, again=True)
 
-    def _mirror(self) -> None:
-        plan = self.plan
-        if self.mirrored or plan is None or not plan.mirrors:
-            return
-        self.mirrored = True
-        if self.buffer_over:
-            self.traffic.listener.metrics.upstream_error("mirror_skipped_body")
-            return
-        for dest in plan.mirrors:
-            svc = self.traffic.service(dest.host)
-            if svc is None:
-                continue
-            labels = self.traffic.router.subset_labels(dest.host, dest.subset)
-            pools = [p for p in svc.endpoints if p.key.has_labels(labels)]
-            if not pools:
-                continue
-            pool = pools[int(self.traffic.rng.random() * len(pools)) % len(pools)]
-            self.traffic.mirrors.send(pool, self._mirror_head(plan, dest.host), self.buffer)
-
-    def _mirror_head(self, plan: ForwardPlan, host: str) -> bytes:
-        """Istio's shadow request: Host gets ``-shadow``, the body is re-framed by
-        length, and the connection closes after the response."""
-        ex = self.ex
-        authority = plan.authority or ex.host.decode("latin-1") or host
-        headers = [h for h in ex.headers if h[0] not in (b"host", b"content-length")]
-        headers = _apply_ops(headers, plan.request_headers)
-        extra = [
-            *self.extra,
-            b"host: " + authority.encode("latin-1") + b"-shadow",
-            b"content-length: %d" % self.buffer_bytes,
-            b"connection: close",
-        ]
-        return request_head(
-            ex.method,
-            ex.head.split(b" ", 2)[1],  # the target sent upstream (model path rewritten)
-            headers,
-            connection=ex.connection,
-            extra=extra,
-            chunked=False,
-            upgrade=None,
-        )
-
     def _answer(self, r: rescues.Rescue) -> None:
         ex = self.ex
         if ex.ended:
@@ -421,16 +338,3 @@ class Flight(BodyBuffer, Retrying):
             self.rt.state.limits.dequeued()
         self.endpoint = None
         ex.conn.respond_rescue(ex, r)
-
-
-def _declared(ex: Exchange) -> int:
-    """The request's Content-Length, or -1."""
-    if ex.framing == CHUNKED:
-        return -1
-    for name, value in ex.headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return -1
-    return -1

@@ -2,7 +2,8 @@
 replay, the route deadlines it arms, and whether a response or failure is
 retried (``decide_retry``: attempts, retryOn, the 64 KiB replay buffer, the
 retry budget, ``maxRetries``). ``flight.Flight`` is the state machine that uses
-these; the state itself lives in its slots.
+these (and ``flight_head`` what it sends); the state itself lives in the slots
+``_FlightState`` declares.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from meshlet.proxy import rescue as rescues
 from meshlet.proxy.exchange import Exchange
-from meshlet.traffic.model_name import ScanState, rewrite_model
+from meshlet.traffic.model_name import ScanState
 from meshlet.traffic.retry import RETRY_BUFFER_BYTES, Failure, decide_retry
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class _FlightState:
     if TYPE_CHECKING:
         traffic: OutboundTraffic
         ex: Exchange
+        extra: list[bytes]
         plan: ForwardPlan | None
         rt: ClusterRuntime | None
         endpoint: Endpoint | None
@@ -96,6 +98,7 @@ class _FlightState:
         body_refused: bool
         total_deadline: float
         in_retry: bool
+        mirrored: bool
         scanner: ModelFieldScanner | None
         model_span: tuple[int, int] | None
         sent_model: str | None
@@ -142,28 +145,6 @@ class BodyBuffer(_FlightState):
                 self.scanner = None
                 self.route(found.model if found.state is ScanState.FOUND else None)
         return True
-
-    def _rewrite_model(self, target: str) -> int:
-        """Write the InferenceModel's chosen ``target`` into the body's ``"model"``
-        (Gateway API Inference Extension: the model server must see the target
-        adapter or version, not the name the client asked for). Only the bytes the
-        scanner held anyway (<= 64 KiB and one chunk) are touched; the rest streams
-        on. Returns the change in body length, for Content-Length."""
-        ex, span = self.ex, self.model_span
-        parts = ex.pending
-        if span is None or parts is None:
-            return 0
-        body = b"".join(parts)
-        new = rewrite_model(body, span, target)
-        ex.pending = [new]
-        ex.pending_bytes = len(new)
-        self.sent_model = target
-        if not self.buffer_over:  # the replay buffer held the same bytes: replay the new
-            if len(new) <= RETRY_BUFFER_BYTES:
-                self.buffer, self.buffer_bytes = [new], len(new)
-            else:
-                self.buffer_over, self.buffer = True, []
-        return len(new) - len(body)
 
     def _keep(self, body: bytes) -> None:
         """Hold the body for replay and mirrors while it fits the 64 KiB buffer."""
