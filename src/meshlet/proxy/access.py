@@ -50,4 +50,5 @@ def log_access(
         source_principal=ex.src_principal,
         destination_principal=ex.dst_principal,
         mtls=conn.mtls if reporter == "destination" else True,
+        upstream_model=ex.ctl.sent_model if ex.ctl is not None else None,
     )

@@ -52,6 +52,11 @@ FIELDS: tuple[str, ...] = (
     "destination_principal",
     "connection_security_policy",
 )
+# Written after FIELDS, and only on the lines that have them, so a line without
+# them is exactly FIELDS. ``upstream_model``: the model name sent upstream when
+# an InferenceModel's target models (Gateway API Inference Extension) replaced
+# the one the client asked for.
+OPTIONAL_FIELDS: tuple[str, ...] = ("upstream_model",)
 
 # One encoder for every line: json.dumps with non-default separators builds a
 # new JSONEncoder per call, which is a third of the cost of a short line.
@@ -67,8 +72,9 @@ def _q(value: str) -> str:
 
 
 _Record = tuple[
-    float, str, str, str, str, int, str, int, int, float, str, str, str, str, str, str, str, bool
-]
+    float, str, str, str, str, int, str, int, int, float, str, str, str, str, str, str, str, bool,
+    str | None,
+]  # fmt: skip
 
 
 class AccessLog:
@@ -169,13 +175,15 @@ class AccessLog:
         source_principal: str,
         destination_principal: str,
         mtls: bool,
+        upstream_model: str | None = None,  # None: sent as asked (the usual case)
     ) -> None:
         """Remember one finished request; hot path: one tuple, one append.
         ``start_wall`` is the request's start in POSIX seconds (see ``wall``)."""
         self._buffer.append(
             (start_wall, reporter, method, path, protocol, response_code, response_flags,
              request_bytes, response_bytes, duration_s, authority, request_id, user_agent,
-             source_address, upstream_host, source_principal, destination_principal, mtls)
+             source_address, upstream_host, source_principal, destination_principal, mtls,
+             upstream_model)
         )  # fmt: skip
         if len(self._buffer) >= self._max_entries:
             self.flush()
@@ -213,9 +221,11 @@ class AccessLog:
             self._on_close()
 
     def _encode(self, r: _Record) -> str:
-        """One JSON line, keys in ``FIELDS`` order. Hand-formatted: a dict through
-        ``json`` costs several times more, and only strings need escaping."""
+        """One JSON line, keys in ``FIELDS`` order, then the ``OPTIONAL_FIELDS``
+        that are set. Hand-formatted: a dict through ``json`` costs several
+        times more, and only strings need escaping."""
         path = r[3] if self._include_query else r[3].split("?", 1)[0]
+        optional = "" if r[18] is None else f',"upstream_model":{_q(r[18])}'
         return (
             f'{{"start_time":"{self._timestamp(r[0])}","reporter":{_q(r[1])},'
             f'"method":{_q(r[2])},"path":{_q(path)},"protocol":{_q(r[4])},'
@@ -225,7 +235,7 @@ class AccessLog:
             f'"request_id":{_q(r[11])},"user_agent":{_q(r[12])},'
             f'"downstream_remote_address":{_q(r[13])},"upstream_host":{_q(r[14])},'
             f'"source_principal":{_q(r[15])},"destination_principal":{_q(r[16])},'
-            f'"connection_security_policy":"{"mutual_tls" if r[17] else "none"}"}}\n'
+            f'"connection_security_policy":"{"mutual_tls" if r[17] else "none"}"{optional}}}\n'
         )
 
     def _timestamp(self, wall: float) -> str:
