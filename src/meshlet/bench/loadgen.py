@@ -14,6 +14,16 @@ Modes:
 - ``handshake``: sequential new TCP + TLS connections with a client
   certificate; the time from connect to a finished handshake.
 
+Warm-up (open mode, ``warmup_s``): the schedule first runs ``warmup_s`` of
+requests at the same rate, recorded in nothing but their own counters, so
+one-off set-up (connection pools filling, TLS handshakes, first-use imports)
+stays out of the steady-state histograms, as wrk2 and Nighthawk do. The
+generator prints ``MEASURING`` on stdout when the first measured request
+leaves, so the caller can start its own meters (sidecar CPU) at that moment.
+The first ``cold_requests`` of the run are recorded apart (``cold``), so the
+cold-start cost stays visible instead of being dropped. The generator's own
+garbage collections are kept out of the window (``loadgc``).
+
 Raw asyncio protocols on uvloop with httptools' response parser keep the
 per-request cost to a few microseconds, so the generator is not the bottleneck
 (the report shows its own closed-loop rate against ``direct``).
@@ -22,101 +32,24 @@ per-request cost to a few microseconds, so the generator is not the bottleneck
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import resource
-import ssl
 import sys
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from time import perf_counter
-from typing import Any, cast
+from typing import cast
 
 import httptools  # type: ignore[import-not-found,unused-ignore]
 
-from meshlet.bench.histogram import Histogram
+from meshlet.bench.handshakes import run_handshakes
+from meshlet.bench.loadgc import GcWindow
+from meshlet.bench.loadspec import NS, LoadResult, LoadSpec, build_request
 from meshlet.bench.schedule import OpenLoopSchedule, RateSpec
 
-NS = 1_000_000_000
+__all__ = ["MEASURING", "LoadResult", "LoadSpec", "main", "run", "spec_to_json"]
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoadSpec:
-    """One bounded run of the generator; every field is plain JSON."""
-
-    port: int
-    host: str = "127.0.0.1"
-    path: str = "/"
-    mode: str = "open"  # open | closed | handshake
-    rate_per_s: float = 1000.0
-    duration_s: float = 5.0
-    connections: int = 16
-    # A hard cap so no run is unbounded even at an absurd rate.
-    max_requests: int = 2_000_000
-    # Grace after the last intended send before outstanding requests count as errors.
-    drain_s: float = 10.0
-    stream: bool = False
-    method: str = "GET"
-    body_file: str | None = None
-    host_header: str = "upstream"
-    # handshake mode
-    handshakes: int = 100
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    expect_server_uri: str | None = None
-
-
-@dataclass(slots=True, kw_only=True)
-class LoadResult:
-    """What a run measured; histograms in nanoseconds."""
-
-    mode: str
-    sent: int = 0
-    ok: int = 0
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    latency: Histogram = field(default_factory=Histogram)
-    ttft: Histogram = field(default_factory=Histogram)
-    token_gap: Histogram = field(default_factory=Histogram)
-    # open loop: how late after its intended time each request left the generator
-    send_lag: Histogram = field(default_factory=Histogram)
-    # from the moment the request was actually written: the uncorrected figure,
-    # which leaves out the generator's own stalls (and hides the system's queueing)
-    service: Histogram = field(default_factory=Histogram)
-    cpu_s: float = 0.0
-
-    def error(self, message: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "sent": self.sent,
-            "ok": self.ok,
-            "errors": self.errors,
-            "error_samples": self.error_samples,
-            "elapsed_s": self.elapsed_s,
-            "achieved_rate_per_s": self.ok / self.elapsed_s if self.elapsed_s else 0.0,
-            "cpu_s": self.cpu_s,
-            "latency": self.latency.to_dict(),
-            "ttft": self.ttft.to_dict(),
-            "token_gap": self.token_gap.to_dict(),
-            "send_lag": self.send_lag.to_dict(),
-            "service": self.service.to_dict(),
-        }
-
-
-def build_request(spec: LoadSpec) -> bytes:
-    body = Path(spec.body_file).read_bytes() if spec.body_file else b""
-    head = f"{spec.method} {spec.path} HTTP/1.1\r\nHost: {spec.host_header}\r\n"
-    if body or spec.method == "POST":
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return head.encode("ascii") + b"\r\n" + body
+MEASURING = "MEASURING"  # the stdout line that opens the measured window
 
 
 class _Conn(asyncio.Protocol):
@@ -131,6 +64,8 @@ class _Conn(asyncio.Protocol):
         self.busy = False
         self.last_event = 0.0
         self.tail = b""
+        self.seq = 0  # the request's index in the run, warm-up included
+        self.warm = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -149,9 +84,11 @@ class _Conn(asyncio.Protocol):
             self.busy = False
             self.gen.done(self, ok=False, why=f"connection lost: {exc!r}")
 
-    def send(self, intended: float) -> None:
+    def send(self, intended: float, *, seq: int, warm: bool) -> None:
         assert self.transport is not None
         self.intended = intended
+        self.seq = seq
+        self.warm = warm
         self.sent_at = perf_counter()
         self.busy = True
         self.last_event = 0.0
@@ -167,7 +104,9 @@ class _Conn(asyncio.Protocol):
         events = (self.tail + body).count(b"\n\n")
         self.tail = body[-1:]
         for _ in range(events):
-            if self.last_event == 0.0:
+            if self.warm:
+                pass
+            elif self.last_event == 0.0:
                 self.gen.result.ttft.record(int((now - self.intended) * NS))
             else:
                 self.gen.result.token_gap.record(int((now - self.last_event) * NS))
@@ -210,6 +149,11 @@ class _Generator:
         self.live: set[_Conn] = set()
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self.seq = 0  # requests issued so far, warm-up included
+        self.warm_n = 0  # open mode: how many of the first requests are warm-up
+        self.measure_start = 0.0
+        self.cpu0 = 0.0
+        self.gc = GcWindow(hygiene=spec.gc_hygiene)
 
     async def connect(self) -> _Conn:
         _, proto = await self.loop.create_connection(
@@ -237,39 +181,81 @@ class _Generator:
 
     async def run(self) -> LoadResult:
         conns = [await self.connect() for _ in range(self.spec.connections)]
+        self.gc.setup()
+        try:
+            await self._run(conns)
+        finally:
+            self.gc.finish()
+        self.result.gc = self.gc.to_dict()
+        return self.result
+
+    async def _run(self, conns: list[_Conn]) -> None:
+        spec = self.spec
         start = perf_counter()
-        if self.spec.mode == "open":
+        warmup_s = 0.0
+        if spec.mode == "open":
+            if spec.warmup_s > 0:
+                warmup_s = spec.warmup_s
+                warm = RateSpec(
+                    rate_per_s=spec.rate_per_s, duration_s=warmup_s, max_requests=spec.max_requests
+                )
+                self.warm_n = warm.total
             rate = RateSpec(
-                rate_per_s=self.spec.rate_per_s,
-                duration_s=self.spec.duration_s,
-                max_requests=self.spec.max_requests,
+                rate_per_s=spec.rate_per_s,
+                duration_s=spec.duration_s,
+                max_requests=spec.max_requests,
             )
-            self.schedule = OpenLoopSchedule(rate, start_s=start)
+            self.schedule = OpenLoopSchedule(rate, start_s=start, warmup_requests=self.warm_n)
             self.idle.extend(conns)
             self._tick()
         else:
-            self.stop_at = start + self.spec.duration_s
+            self.stop_at = start + spec.duration_s
             for conn in conns:
                 self._send(conn, perf_counter())
-        deadline = start + self.spec.duration_s + self.spec.drain_s
+        deadline = start + warmup_s + spec.duration_s + spec.drain_s
         try:
             await asyncio.wait_for(self.finished, timeout=max(0.1, deadline - perf_counter()))
         except TimeoutError:
-            for _ in range(self.outstanding + len(self.pending)):
-                self.result.error("timed out")
-        self.result.elapsed_s = perf_counter() - start
+            self._time_out()
+        end = perf_counter()
+        self.gc.measure(False)
+        if self.measure_start:
+            self.result.elapsed_s = end - self.measure_start
+            self.result.cpu_s = _cpu_s() - self.cpu0
+        self.result.warmup_s = (self.measure_start or end) - start
         self.closing = True
         for conn in list(self.live):
             if conn.transport is not None:
                 conn.transport.close()
-        return self.result
+
+    def _time_out(self) -> None:
+        for conn in self.live:
+            if conn.busy:
+                self.result.error("timed out", warm=conn.warm)
+        for k in range(len(self.pending)):
+            self.result.error("timed out", warm=self.seq + k < self.warm_n)
 
     def _send(self, conn: _Conn, intended: float) -> None:
+        seq = self.seq
+        self.seq += 1
+        if seq == self.warm_n:
+            self._start_measuring(intended)
+        warm = seq < self.warm_n
         self.outstanding += 1
-        self.result.sent += 1
-        if self.spec.mode == "open":
-            self.result.send_lag.record(int((perf_counter() - intended) * NS))
-        conn.send(intended)
+        if warm:
+            self.result.warmup_sent += 1
+        else:
+            self.result.sent += 1
+            if self.spec.mode == "open":
+                self.result.send_lag.record(int((perf_counter() - intended) * NS))
+        conn.send(intended, seq=seq, warm=warm)
+
+    def _start_measuring(self, intended: float) -> None:
+        """The window opens at the intended time of its first request."""
+        self.measure_start = intended
+        self.cpu0 = _cpu_s()
+        self.gc.measure(True)
+        print(MEASURING, flush=True)
 
     def _tick(self) -> None:
         assert self.schedule is not None
@@ -288,12 +274,19 @@ class _Generator:
     def done(self, conn: _Conn, *, ok: bool, why: str) -> None:
         self.outstanding -= 1
         now = perf_counter()
-        if ok:
-            self.result.ok += 1
-            self.result.latency.record(int((now - conn.intended) * NS))
-            self.result.service.record(int((now - conn.sent_at) * NS))
+        latency = int((now - conn.intended) * NS)
+        if ok and conn.seq < self.spec.cold_requests:
+            self.result.cold.record(latency)
+        if ok and conn.seq == 0:
+            self.result.first_response_ns = latency
+        if not ok:
+            self.result.error(why, warm=conn.warm)
+        elif conn.warm:
+            self.result.warmup_ok += 1
         else:
-            self.result.error(why)
+            self.result.ok += 1
+            self.result.latency.record(latency)
+            self.result.service.record(int((now - conn.sent_at) * NS))
         if conn.transport is not None and not conn.transport.is_closing():
             self._free(conn)
 
@@ -316,63 +309,20 @@ class _Generator:
             self.finished.set_result(None)
 
 
-def client_tls_context(spec: LoadSpec) -> ssl.SSLContext:
-    """Verify the server against the bench CA and present the client SVID.
-
-    Hostname checks are off because SVIDs carry only a URI SAN; the SPIFFE ID is
-    compared after the handshake instead (``expect_server_uri``).
-    """
-    ctx = ssl.create_default_context(cafile=spec.ca_file)
-    ctx.check_hostname = False
-    if spec.cert_file and spec.key_file:
-        ctx.load_cert_chain(spec.cert_file, spec.key_file)
-    return ctx
-
-
-async def run_handshakes(spec: LoadSpec) -> LoadResult:
-    ctx = client_tls_context(spec)
-    result = LoadResult(mode="handshake")
-    start = perf_counter()
-    for _ in range(spec.handshakes):
-        if perf_counter() - start > spec.duration_s + spec.drain_s:
-            break
-        result.sent += 1
-        t0 = perf_counter()
-        try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(spec.host, spec.port, ssl=ctx), timeout=spec.drain_s
-            )
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            result.error(f"handshake failed: {exc!r}")
-            continue
-        elapsed = perf_counter() - t0
-        if spec.expect_server_uri and not _has_uri(writer, spec.expect_server_uri):
-            result.error(f"server is not {spec.expect_server_uri}")
-        else:
-            result.ok += 1
-            result.latency.record(int(elapsed * NS))
-        writer.close()
-        # The peer may reset a connection that carried no request.
-        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
-    result.elapsed_s = perf_counter() - start
-    return result
-
-
-def _has_uri(writer: asyncio.StreamWriter, uri: str) -> bool:
-    cert = writer.get_extra_info("peercert") or {}
-    return ("URI", uri) in cert.get("subjectAltName", ())
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def run(spec: LoadSpec) -> LoadResult:
+    """One run; open and closed mode count CPU over the measured window only."""
     if spec.mode == "handshake":
         result = await run_handshakes(spec)
+        result.cpu_s = _cpu_s()
     elif spec.mode in ("open", "closed"):
         result = await _Generator(spec, asyncio.get_running_loop()).run()
     else:
         raise ValueError(f"unknown mode {spec.mode!r}")
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.cpu_s = usage.ru_utime + usage.ru_stime
     return result
 
 

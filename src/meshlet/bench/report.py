@@ -148,7 +148,8 @@ def build_report(results: Mapping[str, Any], *, command: str = "meshlet bench") 
         f"{_loadavg(machine.get('loadavg_after'))}: other work on the machine skews every figure.",
         "",
         f"Workload `{opts.get('workload')}`, {opts.get('rate_per_s')} req/s open loop for "
-        f"{opts.get('duration_s')} s over {opts.get('connections')} keep-alive connections, "
+        f"{opts.get('duration_s')} s over {opts.get('connections')} keep-alive connections "
+        f"after a {opts.get('warmup_s', 0)} s warm-up at the same rate (not recorded), "
         f"{reps} repetition(s). Cells: median (min-max) across repetitions. Sidecar figures "
         "are for the pair (client-side + server-side sidecar) summed.",
         "",
@@ -202,14 +203,36 @@ def _latency_tables(results: Mapping[str, Any]) -> list[str]:
     )
     out += _table(
         results,
+        "Cold start (ms)",
+        "the first requests of the load after the topology started (how many: cold_ms.count "
+        "in results.json; those inside the warm-up are in none of the tables above), each "
+        "timed from its intended send time. Connection pools are empty but for the "
+        "readiness probe's, so a sidecar pair sets up its mTLS connections here. First = the "
+        "run's first request.",
+        [
+            ("first", "first_response_ms"),
+            ("p50", "cold_ms.p50"),
+            ("p99", "cold_ms.p99"),
+            ("max", "cold_ms.max"),
+        ],
+        compare="cold_ms.max",
+        added_vs_direct=True,
+        digits=3,
+    )
+    out += _table(
+        results,
         "Errors and the load generator",
-        "errors = non-2xx or failed requests at the chosen rate; send lag p99 = how late the "
-        "generator's timer sent requests (the same for every topology); generator CPU % of "
-        "one core.",
+        "errors = non-2xx or failed requests at the chosen rate, in the measured window and "
+        "in the warm-up; send lag p99 = how late the generator's timer sent requests (the "
+        "same for every topology); generator CPU % of one core; its longest garbage-"
+        "collection pause in the measured window (set-up heap frozen, full collections "
+        "held back until after the run).",
         [
             ("errors", "errors"),
+            ("warm-up errors", "warmup_errors"),
             ("send lag p99 ms", "send_lag_ms.p99"),
             ("loadgen CPU %", "loadgen_cpu_pct"),
+            ("loadgen GC max ms", "loadgen_gc.max_pause_ms"),
         ],
     )
     out += _table(

@@ -5,11 +5,15 @@ written into results.json next to its figure:
 
 1. start the app and the sidecar pair (``topologies.start``), timing startup;
 2. let it settle, read the sidecars' idle RSS;
-3. ``handshakes`` sequential new mTLS connections to the server sidecar (the
-   bare TLS upstream for ``direct``: the floor);
-4. open-loop load at ``rate_per_s`` for ``duration_s`` over ``connections``
-   keep-alive connections, latency from intended send time; sidecar CPU time
-   (utime+stime) before and after; peak RSS (VmHWM) after;
+3. open-loop load at ``rate_per_s``: ``warmup_s`` of warm-up, then
+   ``duration_s`` measured, over ``connections`` keep-alive connections,
+   latency from intended send time; the first ``cold_requests`` (the
+   topology's first traffic after start-up) timed apart as the cold start;
+   sidecar CPU time (utime+stime) from the first measured request to the end;
+   peak RSS (VmHWM) after;
+4. ``handshakes`` sequential new mTLS connections to the server sidecar (the
+   bare TLS upstream for ``direct``: the floor); after the load, so the load's
+   first requests meet the sidecars as start-up left them;
 5. closed-loop maximum rate, then open-loop steps below it: the highest step
    whose p99 stays within ``p99_bound_ms`` without errors is the max throughput;
 6. stop everything.
@@ -31,7 +35,7 @@ from typing import Any
 
 from meshlet.bench.certs import issue_bench_certs
 from meshlet.bench.histogram import Histogram
-from meshlet.bench.loadgen import LoadSpec, spec_to_json
+from meshlet.bench.loadgen import MEASURING, LoadSpec, spec_to_json
 from meshlet.bench.payloads import INFER_PATH, READY_PATH, write_inference_body
 from meshlet.bench.procs import (
     BenchError,
@@ -64,6 +68,12 @@ class BenchOptions:
     rate_per_s: float = 1000.0  # Istio's published method: 1,000 req/s, 1 KiB
     duration_s: float = 30.0
     connections: int = 16  # inside Istio's 4-64 range
+    # wrk2/Nighthawk-style warm-up: pools fill and handshakes happen before the
+    # window; 2 s at 1,000 req/s is 2,000 requests, past any set-up seen here
+    warmup_s: float = 2.0
+    # the first 200 requests: 200 ms at 1,000 req/s, the window in which
+    # benchmarks/bench_proxy_tail.py saw the cold-start stall
+    cold_requests: int = 200
     repeat: int = 3
     workers: tuple[int, ...] = (1, 2)  # meshlet --workers / Envoy --concurrency / HAProxy nbthread
     handshakes: int = 200
@@ -82,6 +92,7 @@ class BenchOptions:
         return replace(
             self,
             duration_s=min(self.duration_s, 2.0),
+            warmup_s=min(self.warmup_s, 0.5),
             repeat=1,
             workers=self.workers[:1],
             handshakes=30,
@@ -144,25 +155,53 @@ def app_argv(opts: BenchOptions, *, tls: tuple[Path, Path, Path] | None = None) 
     return python_module("meshlet.bench.upstreams", *args)
 
 
-async def run_loadgen(spec: LoadSpec) -> dict[str, Any]:
-    """Run the generator in its own process; return its JSON result."""
+async def run_loadgen(
+    spec: LoadSpec, on_measuring: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Run the generator in its own process; return its JSON result.
+
+    ``on_measuring`` is called when the generator says its measured window
+    opened (after the warm-up), so the caller's meters cover the same window.
+    """
     proc = await asyncio.create_subprocess_exec(
         *python_module("meshlet.bench.loadgen", spec_to_json(spec)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        limit=1 << 26,  # the result is one JSON line with every histogram
     )
-    limit = spec.duration_s + spec.drain_s + 30.0
+    limit = spec.warmup_s + spec.duration_s + spec.drain_s + 30.0
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=limit)
+        lines, err = await asyncio.wait_for(_read_loadgen(proc, on_measuring), timeout=limit)
     except TimeoutError:
         proc.kill()
         await proc.wait()
         raise BenchError(f"load generator did not finish within {limit:.0f} s") from None
-    lines = out.decode().strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise BenchError(f"load generator failed ({proc.returncode}): {err.decode()[-300:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+async def _read_loadgen(
+    proc: asyncio.subprocess.Process, on_measuring: Callable[[], None] | None
+) -> tuple[list[str], bytes]:
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    err_task = asyncio.ensure_future(proc.stderr.read())  # drained alongside: no pipe stall
+    lines: list[str] = []
+    try:
+        async for raw in proc.stdout:
+            line = raw.decode().strip()
+            if line == MEASURING:
+                if on_measuring is not None:
+                    on_measuring()
+            elif line:
+                lines.append(line)
+        err = await err_task
+    finally:
+        err_task.cancel()  # a no-op once done; on a time-out nothing is left pending
+    await proc.wait()
+    return lines, err
 
 
 def _summary(hist_dict: dict[str, Any]) -> dict[str, float]:
@@ -195,7 +234,6 @@ async def _measure_running(
     await asyncio.sleep(opts.settle_s)
     pids = running.sidecar_pids()
     fig["rss_idle_mib"] = rss_mib(pids) if pids else None
-    fig.update(await _handshakes(running, opts, ctx))
 
     base = LoadSpec(
         port=running.entry_port, connections=opts.connections, stream=opts.workload == "stream"
@@ -203,11 +241,21 @@ async def _measure_running(
     if opts.workload == "inference":
         body = ctx.workdir / "inference-body.json"
         base = replace(base, method="POST", path=INFER_PATH, body_file=str(body))
-    cpu0 = cpu_seconds(pids)
-    load = await run_loadgen(
-        replace(base, mode="open", rate_per_s=opts.rate_per_s, duration_s=opts.duration_s)
+    cpu0 = [cpu_seconds(pids)]
+
+    def measuring() -> None:
+        cpu0[0] = cpu_seconds(pids)  # a few /proc reads; the window just opened
+
+    main_spec = replace(
+        base,
+        mode="open",
+        rate_per_s=opts.rate_per_s,
+        duration_s=opts.duration_s,
+        warmup_s=opts.warmup_s,
+        cold_requests=opts.cold_requests,
     )
-    cpu_s = cpu_seconds(pids) - cpu0
+    load = await run_loadgen(main_spec, measuring)
+    cpu_s = cpu_seconds(pids) - cpu0[0]
     fig["rss_peak_mib"] = peak_rss_mib(pids) if pids else None
     fig["latency_ms"] = _summary(load["latency"])
     fig["send_lag_ms"] = _summary(load["send_lag"])
@@ -220,14 +268,31 @@ async def _measure_running(
         achieved_rate_per_s=load["achieved_rate_per_s"],
         loadgen_cpu_pct=100.0 * load["cpu_s"] / load["elapsed_s"] if load["elapsed_s"] else None,
     )
+    fig.update(_warm_and_cold(load))
     if pids and load["ok"]:
         fig["cpu_ms_per_1k_req"] = 1000.0 * cpu_s / load["ok"] * 1000.0
         fig["cpu_core_pct"] = 100.0 * cpu_s / load["elapsed_s"]
     if opts.workload == "stream":
         fig["ttft_ms"] = _summary(load["ttft"])
         fig["token_gap_ms"] = _summary(load["token_gap"])
+    fig.update(await _handshakes(running, opts, ctx))
     fig.update(await _max_rate(base, running.variant.workers, opts))
     return {"figures": fig, "latency_hist": load["latency"]}
+
+
+def _warm_and_cold(load: dict[str, Any]) -> dict[str, Any]:
+    """The warm-up's counters, the cold-start figure and the generator's GC pauses."""
+    warm = load["warmup"]
+    gc = load["gc"]
+    return {
+        "warmup_sent": warm["sent"],
+        "warmup_ok": warm["ok"],
+        "warmup_errors": warm["errors"],
+        "warmup_s": warm["elapsed_s"],
+        "cold_ms": _summary(load["cold"]) if load["cold"]["total"] else None,
+        "first_response_ms": load["first_response_ms"],
+        "loadgen_gc": {k: gc[k] for k in ("hygiene", "collections", "max_pause_ms")},
+    }
 
 
 async def _handshakes(running: Running, opts: BenchOptions, ctx: StartContext) -> dict[str, Any]:

@@ -45,15 +45,26 @@ class OpenLoopSchedule:
     Times are computed from the index, never accumulated, so a long run does not
     drift by float error; a late caller gets every missed request at once, each
     still carrying its own intended time.
+
+    ``warmup_requests`` come first, at the same rate, before the spec's own
+    requests: index ``warmup_requests`` is the first one measured.
     """
 
-    __slots__ = ("_interval", "_next", "_start", "_total")
+    __slots__ = ("_interval", "_next", "_start", "_total", "warmup_requests")
 
-    def __init__(self, spec: RateSpec, *, start_s: float) -> None:
+    def __init__(self, spec: RateSpec, *, start_s: float, warmup_requests: int = 0) -> None:
+        if warmup_requests < 0:
+            raise ValueError(f"warmup_requests must be >= 0, got {warmup_requests}")
         self._interval = 1.0 / spec.rate_per_s
         self._start = start_s
-        self._total = spec.total
+        self.warmup_requests = warmup_requests
+        self._total = warmup_requests + spec.total
         self._next = 0
+
+    @property
+    def total(self) -> int:
+        """Every request of the run, warm-up included."""
+        return self._total
 
     @property
     def issued(self) -> int:

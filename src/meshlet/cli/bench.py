@@ -32,6 +32,19 @@ def register(subparsers: Any) -> None:
         "--rate", type=float, default=1000.0, help="open-loop requests per second (1000)"
     )
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per run (30)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of load at the same rate before each measured run, not recorded "
+        "(2; --quick: at most 0.5; 0: none)",
+    )
+    p.add_argument(
+        "--cold-requests",
+        type=int,
+        default=200,
+        help="the first N requests after start-up, reported apart as the cold start (200)",
+    )
     p.add_argument("--connections", type=int, default=16, help="keep-alive connections (16)")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of every topology (3)")
     p.add_argument(
@@ -55,6 +68,13 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"--{name}: must be > 0, got {value}")
 
 
+def _at_least_zero(name: str, value: float) -> None:
+    from meshlet.errors import ConfigError
+
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"--{name}: must be >= 0 and finite, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
@@ -68,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("rate", "duration", "connections", "repeat", "p99_bound_ms"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    _at_least_zero("warmup", args.warmup)
+    _at_least_zero("cold-requests", args.cold_requests)
     try:
         workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
     except ValueError:
@@ -78,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         workload=args.workload,
         rate_per_s=args.rate,
         duration_s=args.duration,
+        warmup_s=args.warmup,
+        cold_requests=args.cold_requests,
         connections=args.connections,
         repeat=args.repeat,
         workers=workers or (1,),
