@@ -116,7 +116,7 @@ async def sidecars(
 
 async def get_status(front: DynamicProxy) -> int:
     address = front.server.outbound_address
-    async with httpx.AsyncClient(proxy=f"http://{address[0]}:{address[1]}", timeout=5.0) as c:
+    async with httpx.AsyncClient(proxy=f"http://{address[0]}:{address[1]}", timeout=15.0) as c:
         response = await c.get("http://echo/hello")
     return response.status_code
 
@@ -206,7 +206,7 @@ async def test_mtls_mode_and_routing_changes_apply_live(
     inbound = echo.server.inbound_address
     plain = f"http://{inbound[0]}:{inbound[1]}/hello"
     with pytest.raises(httpx.HTTPError):  # STRICT: plaintext is refused
-        async with httpx.AsyncClient(timeout=5.0) as c:
+        async with httpx.AsyncClient(timeout=15.0) as c:
             await c.get(plain)
 
     applied = echo.applied
@@ -215,7 +215,7 @@ async def test_mtls_mode_and_routing_changes_apply_live(
         "metadata: {name: p, namespace: default}\nspec: {mtls: {mode: PERMISSIVE}}\n"
     )
     await eventually(lambda: echo.applied != applied)
-    async with httpx.AsyncClient(timeout=5.0) as c:
+    async with httpx.AsyncClient(timeout=15.0) as c:
         assert (await c.get(plain)).status_code == 200  # PERMISSIVE: plaintext accepted
 
     before = front.applied
@@ -252,7 +252,7 @@ async def test_renewal_under_load_keeps_serving(
         address = front.server.outbound_address
         ok, failed = 0, []
         async with httpx.AsyncClient(
-            proxy=f"http://{address[0]}:{address[1]}", timeout=5.0
+            proxy=f"http://{address[0]}:{address[1]}", timeout=15.0
         ) as client:
             deadline = time.monotonic() + 40.0
             while time.monotonic() < deadline:
@@ -319,7 +319,7 @@ async def test_leaving_sidecar_is_withdrawn_from_its_peers(
     await eventually(lambda: not _has_echo_endpoint(front))
     assert [p["workload"] for p in control.status()["proxies"]] == ["frontend"]
     address = front.server.outbound_address
-    async with httpx.AsyncClient(proxy=f"http://{address[0]}:{address[1]}", timeout=5.0) as c:
+    async with httpx.AsyncClient(proxy=f"http://{address[0]}:{address[1]}", timeout=15.0) as c:
         response = await c.get("http://echo/hello")
     assert response.status_code == 502  # no endpoint left: answered at once, not hung
 
