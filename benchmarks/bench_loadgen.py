@@ -6,7 +6,8 @@ open-loop rate for `--seconds`, alternating `gc_hygiene` off and on for
 `--rounds` rounds each, and no warm-up, so the measured window starts with the
 first request, as `meshlet bench` did before it had one. Per setting, medians
 across rounds of: collections per generation inside the window and the longest
-collection pause (timed through `gc.callbacks`), the longest send lag (how late
+collection pause (timed through `gc.callbacks`), the full collection that the
+hygiene runs before the first request (0 when off), the longest send lag (how late
 the generator's timer sent a request: its worst stall of any cause, including
 waits for a CPU on a busy machine) and the latency p99.9 and maximum from
 intended send time. Nothing here is a sidecar: this is the generator's floor.
@@ -41,6 +42,7 @@ def _figures(result: dict[str, Any]) -> dict[str, float]:
         "gen1": gens[1],
         "gen2": gens[2],
         "gc max ms": result["gc"]["max_pause_ms"],
+        "set-up full gc ms": result["gc"]["setup_collect_ms"],
         "send lag max ms": lag["max"],
         "p99.9 ms": lat["p99_9"],
         "max ms": lat["max"],

@@ -39,7 +39,15 @@ _GEN2_OFF = 1 << 30
 class GcWindow:
     """Collections timed per generation; the quiet-window policy when ``hygiene``."""
 
-    __slots__ = ("_measuring", "_saved", "_started_ns", "collections", "hygiene", "pauses")
+    __slots__ = (
+        "_measuring",
+        "_saved",
+        "_started_ns",
+        "collections",
+        "hygiene",
+        "pauses",
+        "setup_collect_ms",
+    )
 
     def __init__(self, *, hygiene: bool) -> None:
         self.hygiene = hygiene
@@ -48,13 +56,17 @@ class GcWindow:
         self._measuring = False
         self._started_ns = 0
         self._saved: tuple[int, int, int] | None = None
+        # how long the full pass took that hygiene runs before the first request
+        self.setup_collect_ms = 0.0
 
     def setup(self) -> None:
         """Call once set-up is done, before the first request of the run."""
         gc.callbacks.append(self._on_gc)
         if not self.hygiene:
             return
+        started = perf_counter_ns()
         gc.collect()
+        self.setup_collect_ms = (perf_counter_ns() - started) / 1e6
         gc.freeze()
         t0, t1, t2 = gc.get_threshold()
         self._saved = (t0, t1, t2)
@@ -87,5 +99,6 @@ class GcWindow:
             "hygiene": self.hygiene,
             "collections": list(self.collections),
             "max_pause_ms": self.pauses.max / 1e6,
+            "setup_collect_ms": self.setup_collect_ms,
             "pause": self.pauses.to_dict(),
         }

@@ -30,6 +30,7 @@ def test_hygiene_freezes_the_heap_and_holds_full_collections_back() -> None:
     assert (t0, t1) == before[:2]  # young collections go on: memory stays bounded
     assert t2 > 1_000_000  # no full collection during a bounded run
     assert gc.get_freeze_count() > 0
+    assert window.setup_collect_ms > 0  # the full pass ran before the window
     window.finish()
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
