@@ -9,6 +9,9 @@ from typing import Any
 from meshlet.bench.histogram import Histogram
 from meshlet.bench.report import stat, topologies
 
+# Summed RSS beside PSS: RSS counts forked workers' shared pages once per process.
+_MEMORY_KEYS = ("rss_idle_mib", "pss_idle_mib", "rss_peak_mib", "pss_after_load_mib")
+
 
 def _merged_latency(results: Mapping[str, Any], topology: str) -> Histogram | None:
     merged: Histogram | None = None
@@ -49,7 +52,7 @@ def write_plots(results: Mapping[str, Any], outdir: Path) -> list[Path]:
     written.append(_save(fig, outdir / "latency_cdf.png", plt))
 
     for filename, title, keys, unit in (
-        ("memory.png", "Sidecar pair RSS", ("rss_idle_mib", "rss_peak_mib"), "MiB"),
+        ("memory.png", "Sidecar pair memory", _MEMORY_KEYS, "MiB"),
         ("cpu.png", "Sidecar pair CPU per 1,000 requests", ("cpu_ms_per_1k_req",), "CPU-ms"),
     ):
         mesh = [n for n in names if stat(results, n, keys[0]) is not None]

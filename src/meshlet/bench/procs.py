@@ -4,6 +4,8 @@ Readiness is always observed, never assumed: a ``READY <port>`` line from our
 own upstreams, a finished mTLS handshake on a sidecar's inbound port, a 200
 through the whole chain. Memory and CPU come from ``/proc/<pid>`` (Linux), summed
 over a process and its descendants so a multi-worker sidecar is counted whole.
+Summed RSS counts a page once per process that maps it, so it overstates forked
+workers sharing their parent's heap copy-on-write; summed PSS does not.
 """
 
 from __future__ import annotations
@@ -260,3 +262,51 @@ def rss_mib(pids: list[int]) -> float:
 def peak_rss_mib(pids: list[int]) -> float:
     """High-water resident set size (VmHWM) over each process's life, summed, in MiB."""
     return sum(_status_kib(pid, "VmHWM") for pid in pids) / 1024.0
+
+
+def parse_pss_kib(smaps_rollup: str) -> int | None:
+    """The ``Pss:`` line of a ``/proc/<pid>/smaps_rollup`` text, in KiB (the kernel's
+    unit despite its "kB"); ``None`` when the text has none (an unknown format).
+
+    Only the exact ``Pss`` field: ``Pss_Anon``/``Pss_File``/``Pss_Dirty`` (Linux
+    5.x+) are parts of it, not alternatives.
+    """
+    for line in smaps_rollup.splitlines():
+        name, sep, rest = line.partition(":")
+        if sep and name == "Pss":
+            value = rest.split()
+            if value and value[0].isdigit():
+                return int(value[0])
+            return None
+    return None
+
+
+def _pss_kib(pid: int) -> int | None:
+    """One process's PSS; 0 once it has exited (as VmRSS reads), ``None`` if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except ProcessLookupError:  # a zombie: its memory is already gone
+        return 0
+    except FileNotFoundError:
+        # Exited and reaped, or a kernel older than 4.14 (no smaps_rollup at all).
+        return 0 if not Path(f"/proc/{pid}").exists() else None
+    except OSError:  # EACCES: reading it needs ptrace access to the process
+        return None
+    return parse_pss_kib(text)
+
+
+def pss_mib(pids: list[int]) -> float | None:
+    """Proportional set size now (``Pss`` of smaps_rollup), summed, in MiB.
+
+    Each page is divided among the processes that map it, so forked workers'
+    shared copy-on-write pages count once in the sum, unlike :func:`rss_mib`.
+    ``None`` (reported as n/a) when any process's figure is unreadable: a partial
+    sum would pass for a saving.
+    """
+    total = 0
+    for pid in pids:
+        kib = _pss_kib(pid)
+        if kib is None:
+            return None
+        total += kib
+    return total / 1024.0

@@ -262,10 +262,30 @@ def _resource_tables(results: Mapping[str, Any]) -> list[str]:
     out = _table(
         results,
         "Sidecar memory (MiB)",
-        "VmRSS after start-up and settling (idle); VmHWM after the load (peak); "
-        "summed over both sidecars and all their processes.",
-        [("RSS idle", "rss_idle_mib"), ("RSS peak", "rss_peak_mib")],
+        "summed over both sidecars and all their processes, after start-up and settling "
+        "(idle) and right after the load; RSS (sum) = VmRSS, peak = VmHWM; PSS = Pss of "
+        "/proc/PID/smaps_rollup, which divides each shared page among the processes that "
+        "map it. Summed RSS counts the pages a --workers parent shares copy-on-write with "
+        "its forked workers once per process; summed PSS counts them once, so it is the "
+        f"fair figure for forked workers ({EN_DASH} where smaps_rollup is unreadable). "
+        f"{TIMES} columns: RSS (sum) peak.",
+        [
+            ("RSS (sum) idle", "rss_idle_mib"),
+            ("PSS idle", "pss_idle_mib"),
+            ("RSS (sum) after load", "rss_after_load_mib"),
+            ("PSS after load", "pss_after_load_mib"),
+            ("RSS (sum) peak", "rss_peak_mib"),
+        ],
         compare="rss_peak_mib",
+        digits=1,
+    )
+    out += _table(
+        results,
+        "Sidecar memory, PSS (MiB)",
+        "PSS after the load, as above, with its ratio to Envoy's at the same worker "
+        "count: the like-for-like memory comparison when meshlet forks workers.",
+        [("PSS after load", "pss_after_load_mib")],
+        compare="pss_after_load_mib",
         digits=1,
     )
     out += _table(

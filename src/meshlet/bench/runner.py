@@ -4,13 +4,13 @@ For each (variant, repetition), in this order, with the method of each step
 written into results.json next to its figure:
 
 1. start the app and the sidecar pair (``topologies.start``), timing startup;
-2. let it settle, read the sidecars' idle RSS;
+2. let it settle, read the sidecars' idle RSS and PSS;
 3. open-loop load at ``rate_per_s``: ``warmup_s`` of warm-up, then
    ``duration_s`` measured, over ``connections`` keep-alive connections,
    latency from intended send time; the first ``cold_requests`` (the
    topology's first traffic after start-up) timed apart as the cold start;
    sidecar CPU time (utime+stime) from the first measured request to the end;
-   peak RSS (VmHWM) after;
+   peak RSS (VmHWM), RSS and PSS after;
 4. ``handshakes`` sequential new mTLS connections to the server sidecar (the
    bare TLS upstream for ``direct``: the floor); after the load, so the load's
    first requests meet the sidecars as start-up left them;
@@ -42,6 +42,7 @@ from meshlet.bench.procs import (
     Child,
     cpu_seconds,
     peak_rss_mib,
+    pss_mib,
     python_module,
     read_ready_port,
     rss_mib,
@@ -234,6 +235,7 @@ async def _measure_running(
     await asyncio.sleep(opts.settle_s)
     pids = running.sidecar_pids()
     fig["rss_idle_mib"] = rss_mib(pids) if pids else None
+    fig["pss_idle_mib"] = pss_mib(pids) if pids else None
 
     base = LoadSpec(
         port=running.entry_port, connections=opts.connections, stream=opts.workload == "stream"
@@ -257,6 +259,8 @@ async def _measure_running(
     load = await run_loadgen(main_spec, measuring)
     cpu_s = cpu_seconds(pids) - cpu0[0]
     fig["rss_peak_mib"] = peak_rss_mib(pids) if pids else None
+    fig["rss_after_load_mib"] = rss_mib(pids) if pids else None
+    fig["pss_after_load_mib"] = pss_mib(pids) if pids else None
     fig["latency_ms"] = _summary(load["latency"])
     fig["send_lag_ms"] = _summary(load["send_lag"])
     fig["service_ms"] = _summary(load["service"])
