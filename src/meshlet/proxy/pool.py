@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from meshlet.config.bootstrap import Address
 from meshlet.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from meshlet.proxy import rescue as rescues
+from meshlet.proxy.connect_gate import ConnectGate
 from meshlet.proxy.driver_up import UpstreamConnection
 from meshlet.proxy.exchange import Exchange, Listener
 from meshlet.proxy.tls import handshake_failure_reason, peer_spiffe_id
@@ -41,14 +42,51 @@ class PoolSettings:
     max_requests_per_connection: int = 0  # 0: unlimited, Istio's default
 
 
+class _Waiter:
+    """A request in the pool's line (``ConnectGate``), with its wait timer."""
+
+    __slots__ = ("ex", "timer", "waiting")
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+        self.timer: asyncio.TimerHandle | None = None
+        self.waiting = True
+
+    def leave(self) -> None:
+        self.waiting = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _wants_connection(w: _Waiter) -> bool:
+    """Still in line, and the request still wants this attempt: not answered,
+    client not gone, no upstream attached (``pending`` is a list until then)."""
+    ex = w.ex
+    return (
+        w.waiting
+        and not ex.ended
+        and not ex.conn.closed
+        and ex.pending is not None
+        and ex.upstream is None
+    )
+
+
 class EndpointPool:
     """Connections to one endpoint. ``ssl_context`` is a getter so a certificate
-    reload is seen by the next connection without rebuilding pools."""
+    reload is seen by the next connection without rebuilding pools.
+
+    At most ``MAX_CONNECTING_PER_ENDPOINT`` connection attempts are in flight
+    (``gate``); a request that finds no idle connection and no free attempt
+    waits in line, oldest first, for a released connection or a free attempt,
+    at most the connect timeout (then 503, as a connect timeout)."""
 
     __slots__ = (
         "address",
+        "closing",
         "connect_timeout_s",
         "connecting",
+        "gate",
         "identity",
         "idle",
         "idle_timeout_s",
@@ -90,35 +128,82 @@ class EndpointPool:
         self.owner: Cluster | None = None  # set by the Cluster that holds this pool
         self.idle: list[UpstreamConnection] = []
         self.connecting = 0
+        self.gate: ConnectGate[_Waiter] = ConnectGate()
+        self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()
 
     def forward(self, ex: Exchange, *, retried: bool = False) -> None:
         """Send ``ex`` over an idle connection, or open one (the only await on the
-        request path, and only when the pool is empty)."""
+        request path, and only when the pool is empty), or wait in line."""
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
                 conn.attach(ex)
                 return
+        if self.gate.try_connect():
+            self._start_connect(ex)
+            return
+        self._wait(ex)
+
+    def _start_connect(self, ex: Exchange) -> None:
+        """Open a connection for ``ex``, holding a gate slot already taken."""
         task = asyncio.get_running_loop().create_task(self._connect_then_attach(ex))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def _wait(self, ex: Exchange) -> None:
+        """Join the line. A timer per waiter (not the listener's sweep, which may
+        be a second late): only requests that meet a cold or saturated pool wait."""
+        w = _Waiter(ex)
+        wait_s = self.connect_timeout_s or self.listener.timeouts.connect_s
+        w.timer = asyncio.get_running_loop().call_later(wait_s, self._waited_too_long, w)
+        self.gate.wait(w)
+        self._admit_waiters()  # those ahead may have given up while slots are free
+
+    def _waited_too_long(self, w: _Waiter) -> None:
+        w.timer = None
+        if not _wants_connection(w):
+            w.waiting = False
+            return
+        w.waiting = False
+        self._fail(
+            w.ex,
+            UpstreamConnectError(f"no connection to {self.address} within the connect timeout"),
+        )
+
+    def _admit_waiters(self) -> None:
+        """Give free attempt slots to the oldest live waiters."""
+        if self.closing:
+            return
+        while (w := self.gate.admit_next(_wants_connection)) is not None:
+            w.leave()
+            self._start_connect(w.ex)
+
+    def _fail(self, ex: Exchange, exc: UpstreamError) -> None:
+        kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
+        self.listener.metrics.upstream_error(kind)
+        if ex.pending is not None and not ex.ended:  # the request still waits for this
+            ex.conn.respond_rescue(ex, rescues.from_error(exc))
+
     async def _connect_then_attach(self, ex: Exchange) -> None:
         try:
-            conn = await self.connect()
-        except UpstreamError as exc:
-            kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
-            self.listener.metrics.upstream_error(kind)
-            if ex.pending is not None:  # the request still waits for this attempt
-                ex.conn.respond_rescue(ex, rescues.from_error(exc))
-            return
-        if ex.ended or ex.conn.closed or ex.pending is None:
-            # The client went away while we connected, or the request no longer
-            # wants this attempt (pending is a list until an upstream is attached).
-            self.release(conn)
-            return
-        conn.attach(ex)
+            try:
+                conn = await self.connect()
+            except UpstreamError as exc:
+                self._fail(ex, exc)
+                return
+            if ex.ended or ex.conn.closed or ex.pending is None or ex.upstream is not None:
+                # The client went away while we connected, or the request no longer
+                # wants this attempt (pending is a list until an upstream is attached):
+                # the connection serves the oldest waiter, or waits idle.
+                self.release(conn)
+                return
+            conn.attach(ex)
+        finally:
+            # The slot frees after the connection found its request, so a waiter
+            # takes a released connection before a new attempt is started for it.
+            self.gate.connect_done()
+            self._admit_waiters()
 
     async def connect(self) -> UpstreamConnection:
         """A new connection; raise UpstreamConnectError saying why.
@@ -197,6 +282,12 @@ class EndpointPool:
                 conn.close()  # discard() forgets its count
                 return
             self.served[conn] = served
+        if self.gate.line:
+            w = self.gate.next_waiter(_wants_connection)
+            if w is not None:  # the oldest waiter first, before the idle list
+                w.leave()
+                conn.attach(w.ex)
+                return
         if len(self.idle) >= self.listener.limits.max_idle_per_endpoint:
             conn.close()
             return
@@ -224,11 +315,15 @@ class EndpointPool:
         )
 
     def close(self) -> None:
+        self.closing = True
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()
         for task in list(self.tasks):
             task.cancel()
+        while (w := self.gate.next_waiter(_wants_connection)) is not None:
+            w.leave()
+            self._fail(w.ex, UpstreamConnectError(f"endpoint {self.address} was removed"))
 
 
 class Cluster:
