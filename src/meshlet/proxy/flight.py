@@ -313,6 +313,10 @@ class Flight(BodyBuffer, Retrying, ForwardHeads):
         ex.dst_principal = pool.identity or "unknown"
         ex.head_at = 0.0
         pool.forward(ex)
+        if self.total_deadline and self.deadline_timer is None and not ex.ended:
+            # Not attached yet (connecting, or in the pool's line): the route
+            # timeout bounds connection set-up too, as Envoy's does.
+            self._arm_deadline(self.total_deadline)
 
     def _lost_slot(self, rt: ClusterRuntime) -> None:
         """Every endpoint is at the pool's limit: give back the connection slot

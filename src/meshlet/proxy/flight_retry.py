@@ -219,8 +219,11 @@ class Retrying(_FlightState):
         self.deadline_timer = None
         ex = self.ex
         up = ex.upstream
-        if ex.ended or up is None or up.closed or up.ex is not ex:
-            return  # answered, or between attempts (the next attach re-arms)
+        if ex.ended:
+            return
+        if up is None or up.closed or up.ex is not ex:
+            self._unattached_deadline_due()
+            return
         deadline = up.deadline
         if not deadline or deadline not in (self.route_deadline, self.total_deadline):
             return  # not a route deadline (the sweep keeps the others)
@@ -230,6 +233,19 @@ class Retrying(_FlightState):
             self._arm_deadline(deadline)
             return
         up.on_timeout()
+
+    def _unattached_deadline_due(self) -> None:
+        """No upstream carries the request (it is connecting, waiting for a
+        connection or backing off): a passed total route timeout answers 504
+        now rather than after the connect or handshake bound; a per-try
+        deadline waits for the next attach, which re-arms it."""
+        total = self.total_deadline
+        if not total:
+            return
+        if self.traffic.listener.monotonic() + _TIMER_SLACK_S < total:
+            self._arm_deadline(total)
+            return
+        self._answer(rescues.route_timeout("no upstream response within the route timeout"))
 
     def _retry_on_status(
         self,
