@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from meshlet.errors import UpstreamTimeout
 from meshlet.proxy import rescue as rescues
 from meshlet.proxy.exchange import Exchange
 from meshlet.traffic.model_name import ScanState
@@ -245,7 +246,11 @@ class Retrying(_FlightState):
         if self.traffic.listener.monotonic() + _TIMER_SLACK_S < total:
             self._arm_deadline(total)
             return
-        self._answer(rescues.route_timeout("no upstream response within the route timeout"))
+        # The same answer and count as a timeout on an attached upstream
+        # (``UpstreamConnection.on_timeout``): to the caller both are the
+        # route's timeout, Envoy's 504 UT either way.
+        self.traffic.listener.metrics.upstream_error("timeout")
+        self._answer(rescues.from_error(UpstreamTimeout("upstream timeout: no connection in time")))
 
     def _retry_on_status(
         self,
