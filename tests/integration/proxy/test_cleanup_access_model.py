@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.support.apps import echo_app
+from tests.support.inference_yaml import inference_model, pool_routing
 from tests.support.pki import issue, make_ca, spiffe
 from tests.support.processes import (
     inbound_bootstrap,
@@ -29,32 +30,9 @@ WORKLOAD_ID = spiffe("ml", "inference")
 CLIENT_ID = spiffe("apps", "client")
 T = 15.0  # bound of one request through two processes on a loaded machine
 
-ROUTING = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: llm, namespace: ml}
-spec:
-  parentRefs: [{group: "", kind: Service, name: inference}]
-  rules:
-  - backendRefs: [{name: llm-pool, group: inference.networking.k8s.io, kind: InferencePool}]
----
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {name: llm-pool}
-spec:
-  selector: {matchLabels: {app: vllm}}
-  targetPorts: [{number: 8000}]
-  endpointPickerRef: {name: epp, port: {number: 9002}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: chat}
-spec:
-  modelName: chat
-  criticality: Critical
-  poolRef: {name: llm-pool}
-  targetModels: [{name: chat-lora-b, weight: 100}]
-"""
+ROUTING = pool_routing(
+    inference_model("chat", "Critical", targets="[{name: chat-lora-b, weight: 100}]")
+)
 
 
 def chat_body(model: str) -> bytes:

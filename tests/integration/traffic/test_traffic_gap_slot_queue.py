@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.integration.traffic.mesh_support import Mesh, Replica, mesh_of
+from tests.support.inference_yaml import inference_model, pool_routing
 from tests.support.pki import Pki
 from tests.support.waiting import wait_until
 
@@ -27,33 +28,11 @@ pytestmark = pytest.mark.integration
 T = 15.0
 HOST = {"host": "inference"}
 
-POOL = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: llm, namespace: ml}
-spec:
-  parentRefs: [{group: "", kind: Service, name: inference}]
-  rules:
-  - backendRefs: [{name: llm-pool, group: inference.networking.k8s.io, kind: InferencePool}]
----
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {name: llm-pool, annotations: {meshlet.io/max-concurrency-per-endpoint: "1"}}
-spec:
-  selector: {matchLabels: {app: vllm}}
-  targetPorts: [{number: 8000}]
-  endpointPickerRef: {name: epp, port: {number: 9002}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: chat}
-spec: {modelName: chat, criticality: Critical, poolRef: {name: llm-pool}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: std}
-spec: {modelName: std, criticality: Standard, poolRef: {name: llm-pool}}
-"""
+POOL = pool_routing(
+    inference_model("chat", "Critical"),
+    inference_model("std", "Standard"),
+    max_concurrency_per_endpoint=1,
+)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.integration.traffic.mesh_support import Replica, dr, mesh_of, vs
+from tests.support.inference_yaml import inference_model, pool_routing
 from tests.support.pki import Pki
 from tests.support.waiting import wait_until
 
@@ -103,33 +104,11 @@ async def test_no_retry_once_body_streamed_past_replay_buffer(tpki: Pki, tmp_pat
         assert len(flaky.requests) == 3
 
 
-POOL = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: llm, namespace: ml}
-spec:
-  parentRefs: [{group: "", kind: Service, name: inference}]
-  rules:
-  - backendRefs: [{name: llm-pool, group: inference.networking.k8s.io, kind: InferencePool}]
----
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {name: llm-pool, annotations: {meshlet.io/max-concurrency-per-endpoint: "1"}}
-spec:
-  selector: {matchLabels: {app: vllm}}
-  targetPorts: [{number: 8000}]
-  endpointPickerRef: {name: epp, port: {number: 9002}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: batch}
-spec: {modelName: batch, criticality: Sheddable, poolRef: {name: llm-pool}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: chat}
-spec: {modelName: chat, criticality: Critical, poolRef: {name: llm-pool}}
-"""
+POOL = pool_routing(
+    inference_model("batch", "Sheddable"),
+    inference_model("chat", "Critical"),
+    max_concurrency_per_endpoint=1,
+)
 
 
 async def test_sheddable_gets_429_when_pool_is_full_critical_waits(
